@@ -1,0 +1,23 @@
+"""otreg: optimal transport distances, losses and regularizers in JAX.
+
+Pure, jittable, vmappable, differentiable functions; float32 by default, float64 under
+``jax_enable_x64``; no NaN from finite inputs.
+"""
+
+from otreg import costs
+from otreg.geometry import CostMatrix, PointCloud
+from otreg.sinkhorn import SinkhornResult, sinkhorn
+from otreg.status import Status, explain
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CostMatrix",
+    "PointCloud",
+    "SinkhornResult",
+    "Status",
+    "costs",
+    "explain",
+    "sinkhorn",
+    "__version__",
+]

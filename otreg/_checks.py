@@ -1,0 +1,163 @@
+"""Argument validation shared by every public function (the one place that raises).
+
+Static facts (shape, rank, dtype, ``epsilon <= 0``, unknown options) raise ``ValueError`` or
+``TypeError`` at trace time. Value facts (negative or non-finite weights, masses that differ) raise
+when the inputs are concrete; under ``jit`` they cannot be inspected, so :func:`repair_weights`
+makes them finite in-graph and returns the status code the solver reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from otreg.status import Status
+
+__all__ = [
+    "is_concrete", "float_array", "compute_dtype", "check_points", "check_weights",
+    "check_weight_values", "check_epsilon", "check_positive_int", "check_positive_float",
+    "check_option", "repair_weights",
+]
+
+
+def is_concrete(*xs: Any) -> bool:
+    """True when no argument is a tracer (so its values can be inspected on the host)."""
+    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
+
+
+def compute_dtype(*xs: Any) -> jnp.dtype:
+    """The float dtype a solve runs in: float64 if any input is, else float32 (bf16/f16 upcast)."""
+    dts = [jnp.asarray(x).dtype for x in xs if x is not None]
+    if any(dt == jnp.float64 for dt in dts) and jax.config.jax_enable_x64:
+        return jnp.dtype(jnp.float64)
+    return jnp.dtype(jnp.float32)
+
+
+def float_array(x: Any, name: str, ndim: int | None = None, fn: str = "otreg") -> jax.Array:
+    """``x`` as a JAX array of a floating dtype and rank ``ndim``; raises naming ``name``."""
+    if x is None:
+        raise TypeError(f"{fn}: `{name}` is None; pass an array.")
+    arr = x if isinstance(x, jax.Array) else jnp.asarray(np.asarray(x) if not hasattr(
+        x, "dtype") else x)
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: `{name}` has dtype {arr.dtype}; a floating dtype is required "
+            f"(pass `{name}.astype(jnp.float32)` or float64 with jax_enable_x64).")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(
+            f"{fn}: `{name}` must have {ndim} dimension(s), got shape {tuple(arr.shape)}"
+            + (" (batch problems with jax.vmap)." if arr.ndim > ndim else "."))
+    return arr
+
+
+def check_points(x: Any, y: Any, fn: str = "otreg") -> tuple[jax.Array, jax.Array]:
+    """Point clouds ``x: (n, d)`` and ``y: (m, d)`` with the same ``d`` and at least one point."""
+    x = float_array(x, "x", 2, fn)
+    y = float_array(y, "y", 2, fn)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"{fn}: `x` and `y` must have the same dimension d, got x: "
+                         f"{tuple(x.shape)} and y: {tuple(y.shape)}.")
+    if x.shape[0] == 0 or y.shape[0] == 0:
+        raise ValueError(f"{fn}: empty point cloud (x: {tuple(x.shape)}, y: {tuple(y.shape)}).")
+    return x, y
+
+
+def check_weights(w: Any, size: int, name: str, dtype, fn: str = "otreg") -> jax.Array:
+    """Weights of shape ``(size,)`` in ``dtype``; ``None`` means uniform ``1 / size``."""
+    if w is None:
+        return jnp.full((size,), 1.0 / size, dtype=dtype)
+    w = float_array(w, name, 1, fn)
+    if w.shape[0] != size:
+        raise ValueError(f"{fn}: `{name}` has {w.shape[0]} entries but the geometry has {size} "
+                         f"points on that side; pass one weight per point (or None for uniform).")
+    return w.astype(dtype)
+
+
+def _mass_rtol(dtype) -> float:
+    return 1e-4 if jnp.dtype(dtype) == jnp.float32 else 1e-8
+
+
+def check_weight_values(a: jax.Array, b: jax.Array, fn: str = "otreg") -> None:
+    """On concrete inputs, raise if a weight is negative/non-finite or if the masses differ."""
+    if not is_concrete(a, b):
+        return
+    for name, w in (("a", a), ("b", b)):
+        wn = np.asarray(w)
+        if not np.all(np.isfinite(wn)):
+            raise ValueError(f"{fn}: `{name}` contains NaN or inf; pass finite weights.")
+        if np.any(wn < 0):
+            raise ValueError(f"{fn}: `{name}` has negative entries (min {wn.min():.3g}); "
+                             f"weights must be >= 0.")
+        if wn.sum() <= 0:
+            raise ValueError(f"{fn}: `{name}` sums to {wn.sum():.3g}; weights need positive mass.")
+    ma, mb = float(np.sum(np.asarray(a, np.float64))), float(np.sum(np.asarray(b, np.float64)))
+    if abs(ma - mb) > _mass_rtol(a.dtype) * max(ma, mb):
+        raise ValueError(f"{fn}: `a` sums to {ma:.8g} but `b` sums to {mb:.8g}; balanced OT needs "
+                         f"equal masses: normalise both (e.g. `a / a.sum()`, `b / b.sum()`).")
+
+
+def repair_weights(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """In-graph repair for traced weights: bad entries -> 0, ``b`` rescaled to the mass of ``a``.
+
+    Returns ``(a, b, status)`` with ``status`` the highest-priority problem found (or SUCCESS).
+    """
+    bad = jnp.any(~jnp.isfinite(a) | (a < 0)) | jnp.any(~jnp.isfinite(b) | (b < 0))
+    a = jnp.where(jnp.isfinite(a) & (a > 0), a, 0.0)
+    b = jnp.where(jnp.isfinite(b) & (b > 0), b, 0.0)
+    a = jnp.where(jnp.sum(a) > 0, a, jnp.full_like(a, 1.0 / a.shape[0]))
+    b = jnp.where(jnp.sum(b) > 0, b, jnp.full_like(b, 1.0 / b.shape[0]))
+    ma, mb = jnp.sum(a), jnp.sum(b)
+    mismatch = jnp.abs(ma - mb) > _mass_rtol(a.dtype) * jnp.maximum(ma, mb)
+    b = b * (ma / mb)
+    status = jnp.where(bad, Status.BAD_WEIGHTS, jnp.where(mismatch, Status.MASS_MISMATCH,
+                                                          Status.SUCCESS))
+    return a, b, status.astype(jnp.int32)
+
+
+def check_epsilon(epsilon: Any, fn: str = "otreg", allow_none: bool = True) -> None:
+    """``epsilon`` must be a positive finite number (checked whenever it is concrete)."""
+    if epsilon is None:
+        if allow_none:
+            return
+        raise ValueError(f"{fn}: `epsilon` is required; pass a positive float.")
+    if not is_concrete(epsilon):
+        return
+    arr = np.asarray(epsilon)
+    if arr.ndim != 0:
+        raise ValueError(f"{fn}: `epsilon` must be a scalar, got shape {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr) or arr <= 0:
+        raise ValueError(f"{fn}: `epsilon` must be a positive finite number, got {epsilon!r}; "
+                         f"pass e.g. epsilon=0.05 * mean cost, or None for that default.")
+
+
+def check_positive_int(value: Any, name: str, fn: str = "otreg", minimum: int = 1) -> int:
+    """A Python int >= ``minimum`` (these arguments are static: they shape the compiled loop)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{fn}: `{name}` must be a Python int (it is static), got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{fn}: `{name}` must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+def check_positive_float(value: Any, name: str, fn: str = "otreg",
+                         upper: float | None = None) -> None:
+    """A positive finite number (checked when concrete); ``upper`` is an exclusive bound."""
+    if not is_concrete(value):
+        return
+    arr = np.asarray(value)
+    if arr.ndim != 0 or not np.isfinite(arr) or arr <= 0 or (upper is not None and arr >= upper):
+        bound = f" and < {upper}" if upper is not None else ""
+        raise ValueError(f"{fn}: `{name}` must be a positive finite number{bound}, "
+                         f"got {value!r}.")
+
+
+def check_option(value: Any, name: str, options: Iterable[Any], fn: str = "otreg") -> Any:
+    """``value`` must be one of ``options``."""
+    options = tuple(options)
+    if value not in options:
+        raise ValueError(f"{fn}: unknown `{name}`={value!r}; choose one of {options}.")
+    return value

@@ -1,0 +1,208 @@
+r"""The two Sinkhorn iterations behind :func:`otreg.sinkhorn`, as compiled ``lax.while_loop``\ s.
+
+Both keep the potentials in cost units,
+:math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon}`, run ``check_every`` sweeps per
+block and test the L1 row-marginal error after each block (the
+column marginal is exact after a ``g``-update, so this is the whole error). The error costs O(n):
+each sweep ends with the reduction the next ``f``-update needs, which also gives the row marginal.
+
+* **log-domain** (:func:`log_loop`): two log-sum-exp passes per sweep through ``geom.lse``; works on
+  every geometry, blocked point clouds included.
+* **absorbed kernel** (:func:`kernel_loop`, materialised costs): the potentials ``(f, g)`` are
+  absorbed into :math:`\tilde K = e^{(f_i + g_j - C_{ij})/\varepsilon}` and the sweeps act on
+  scalings ``u, v`` (:math:`f + \varepsilon\log u`, :math:`g + \varepsilon\log v`) with two
+  matrix-vector products, 11-13x cheaper per entry than a log-sum-exp on CPU. When a scaling leaves
+  :math:`[e^{-\tau}, e^{\tau}]` the scalings are absorbed into the potentials and the kernel is
+  rebuilt (Schmitzer 2019, "Stabilized sparse scaling algorithms for entropy regularized transport
+  problems"). When a block would under- or overflow (a kernel row that vanished in float32,
+  typically at the start of a stage with small epsilon) it is discarded and replaced by a
+  log-domain block.
+
+Epsilon annealing is shared: stage ``k`` uses :math:`\max(\varepsilon, \varepsilon_0 q^k)`; a stage
+ends when its error is below ``stage_tol`` and the last stage runs to ``tol`` at the target
+epsilon, so the result is the target-epsilon solution.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from otreg._math import safe_log, tiny_exponent
+from otreg.status import Status
+
+STAGE_TOL = 1e-1  # error at which an intermediate annealing stage hands over to the next
+
+
+class Problem(NamedTuple):
+    """Everything a loop needs that does not change across iterations (all stop-gradient)."""
+
+    geom: object
+    a: jax.Array
+    b: jax.Array
+    eps: jax.Array  # target epsilon
+    eps0: jax.Array  # first stage
+    n_stages: jax.Array  # int: index of the target stage
+    decay: float
+    tol: jax.Array
+
+
+class LoopState(NamedTuple):
+    f: jax.Array
+    g: jax.Array
+    stage: jax.Array
+    it: jax.Array
+    err: jax.Array
+    errors: jax.Array
+    done: jax.Array
+    failed: jax.Array
+    use_log: jax.Array
+
+
+def stage_eps(pb: Problem, stage):
+    return jnp.maximum(pb.eps, pb.eps0 * pb.decay ** stage.astype(pb.eps.dtype))
+
+
+def _row_error(a, ratio):
+    """L1 row-marginal error from the ratio (row marginal / a)."""
+    return jnp.sum(a * jnp.abs(ratio - 1.0))
+
+
+def _log_sweeps(pb: Problem, f, g, R, eps, n):
+    """``n`` log-domain sweeps; R is the row LSE for the incoming g (so f = -eps R)."""
+    log_a, log_b = safe_log(pb.a), safe_log(pb.b)
+    for _ in range(n):
+        f = -eps * R
+        g = -eps * pb.geom.lse(f / eps + log_a, eps, axis=0)
+        R = pb.geom.lse(g / eps + log_b, eps, axis=1)
+    return f, g, R, _row_error(pb.a, jnp.exp(f / eps + R))
+
+
+def _row_lse(pb: Problem, g, eps):
+    return pb.geom.lse(g / eps + safe_log(pb.b), eps, axis=1)
+
+
+def _record(state: LoopState, pb: Problem, f, g, err, n, check_every, progress, eps):
+    """Book-keeping after a completed block of n sweeps: history, stage change, stopping."""
+    it = state.it + n
+    errors = state.errors.at[it // check_every - 1].set(err, mode="drop")
+    final = state.stage >= pb.n_stages
+    stage_tol = jnp.where(final, pb.tol, jnp.maximum(pb.tol, STAGE_TOL))
+    ok = err <= stage_tol
+    if progress is not None:
+        jax.debug.callback(progress, it, err, eps)
+    return state._replace(f=f, g=g, it=it, err=err, errors=errors, done=final & ok,
+                          stage=jnp.where(ok & ~final, state.stage + 1, state.stage))
+
+
+def _gauge(pb: Problem, f, g):
+    """Shift (f - t, g + t) so that <f, a> = <g, b>: keeps both of order the cost in float32."""
+    t = (jnp.dot(f, pb.a) - jnp.dot(g, pb.b)) / (jnp.sum(pb.a) + jnp.sum(pb.b))
+    return f - t, g + t
+
+
+def _cond(max_iter):
+    def cond(s: LoopState):
+        return ~s.done & ~s.failed & (s.it < max_iter)
+    return cond
+
+
+def _finite(*xs):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
+
+
+def log_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progress):
+    """Log-domain Sinkhorn with annealing; returns the final LoopState."""
+
+    def body(s: LoopState):
+        eps = stage_eps(pb, s.stage)
+        R = _row_lse(pb, s.g, eps)
+        f, g, _, err = _log_sweeps(pb, s.f, s.g, R, eps, check_every)
+        good = _finite(f, g, err)
+        new = _record(s, pb, f, g, err, check_every, check_every, progress, eps)
+        return jax.tree_util.tree_map(lambda x, y: jnp.where(good, x, y), new,
+                                      s._replace(failed=jnp.array(True)))
+
+    return jax.lax.while_loop(_cond(max_iter), body, state)
+
+
+class _Inner(NamedTuple):
+    u: jax.Array
+    v: jax.Array
+    r: jax.Array
+    outer: LoopState
+    exit: jax.Array  # 0 running, 1 stage finished / done, 2 absorb, 3 discard block (use log)
+
+
+def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progress):
+    """Absorbed-kernel Sinkhorn (materialised costs) with log-domain fallback and annealing."""
+    a, b = pb.a, pb.b
+    dtype = a.dtype
+    tau = 0.25 * tiny_exponent(dtype)  # soft bound on |log u|, |log v| before absorbing
+    lo, hi = jnp.exp(-tau), jnp.exp(tau)
+    hard_lo = jnp.asarray(jnp.finfo(dtype).tiny, dtype) * 1e4
+    hard_hi = 1.0 / hard_lo
+    cond_outer = _cond(max_iter)
+
+    def kernel_block(s: LoopState):
+        eps = stage_eps(pb, s.stage)
+        K = pb.geom.kernel(s.f, s.g, eps)
+        one_n, one_m = jnp.ones_like(a), jnp.ones_like(b)
+
+        def inner_body(st: _Inner):
+            u, v, r = st.u, st.v, st.r
+            rmin, rmax = jnp.min(r), jnp.max(r)
+            smin, smax = jnp.asarray(jnp.inf, dtype), jnp.asarray(0.0, dtype)
+            for _ in range(check_every):
+                u = 1.0 / r
+                sv = jnp.matmul(a * u, K)
+                v = 1.0 / sv
+                r = jnp.matmul(K, b * v)
+                smin, smax = jnp.minimum(smin, jnp.min(sv)), jnp.maximum(smax, jnp.max(sv))
+                rmin, rmax = jnp.minimum(rmin, jnp.min(r)), jnp.maximum(rmax, jnp.max(r))
+            err = _row_error(a, u * r)
+            hard = ~(jnp.isfinite(err) & (rmin > hard_lo) & (rmax < hard_hi)
+                     & (smin > hard_lo) & (smax < hard_hi))
+            soft = (rmin < lo) | (rmax > hi) | (smin < lo) | (smax > hi)
+            o = st.outer
+            rec = _record(o, pb, o.f, o.g, err, check_every, check_every, progress, eps)
+            stage_change = rec.stage != o.stage
+            ex = jnp.where(rec.done | stage_change | (rec.it >= max_iter), 1,
+                           jnp.where(soft, 2, 0))
+            new = _Inner(u, v, r, rec, ex)
+            bad = _Inner(st.u, st.v, st.r, o._replace(use_log=jnp.array(True)), jnp.array(3))
+            return jax.tree_util.tree_map(lambda x, y: jnp.where(hard, x, y), bad, new)
+
+        init = _Inner(one_n, one_m, jnp.matmul(K, b), s._replace(use_log=jnp.array(False)),
+                      jnp.array(0))
+        st = jax.lax.while_loop(lambda st: st.exit == 0, inner_body, init)
+        f, g = _gauge(pb, s.f + eps * jnp.log(st.u), s.g + eps * jnp.log(st.v))
+        return st.outer._replace(f=f, g=g)
+
+    def log_block(s: LoopState):
+        eps = stage_eps(pb, s.stage)
+        f, g, _, err = _log_sweeps(pb, s.f, s.g, _row_lse(pb, s.g, eps), eps, check_every)
+        good = _finite(f, g, err)
+        new = _record(s, pb, f, g, err, check_every, check_every, progress, eps)
+        return jax.tree_util.tree_map(
+            lambda x, y: jnp.where(good, x, y), new._replace(use_log=jnp.array(False)),
+            s._replace(failed=jnp.array(True)))
+
+    def body(s: LoopState):
+        return jax.lax.cond(s.use_log, log_block, kernel_block, s)
+
+    return jax.lax.while_loop(cond_outer, body, state)
+
+
+def initial_state(f, g, n_checks, dtype) -> LoopState:
+    return LoopState(f=f, g=g, stage=jnp.array(0), it=jnp.array(0),
+                     err=jnp.asarray(jnp.inf, dtype), errors=-jnp.ones((n_checks,), dtype),
+                     done=jnp.array(False), failed=jnp.array(False), use_log=jnp.array(False))
+
+
+def final_status(state: LoopState, input_status):
+    solve = jnp.where(state.failed, Status.NUMERICAL,
+                      jnp.where(state.done, Status.SUCCESS, Status.MAX_ITER))
+    return jnp.where(input_status != Status.SUCCESS, input_status, solve).astype(jnp.int32)

@@ -1,0 +1,52 @@
+"""Result codes shared by every solver. ``explain(code)`` turns a code into its message.
+
+A solver never raises under ``jit`` for a bad *value* (a negative weight, masses that differ): it
+repairs the input to something finite, solves, and reports what it found in ``result.status``. The
+code with the highest priority wins (input problems before convergence problems).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Status", "explain"]
+
+
+class Status:
+    """Integer result codes. ``Status.MESSAGES[code]`` is the message ``explain`` prints."""
+
+    SUCCESS = 0
+    MAX_ITER = 1
+    NUMERICAL = 2
+    MASS_MISMATCH = 3
+    BAD_WEIGHTS = 4
+    NONFINITE_INPUT = 5
+
+    MESSAGES = {
+        SUCCESS: "converged: the marginal error reached `tol`.",
+        MAX_ITER: "not converged: `max_iter` was reached before the marginal error fell below "
+        "`tol`; raise `max_iter`, loosen `tol`, or raise `epsilon`.",
+        NUMERICAL: "numerical breakdown: an iterate left the floating-point range and the solver "
+        "stopped with the last finite potentials; use float64 or a larger `epsilon`.",
+        MASS_MISMATCH: "invalid input: `a` and `b` have different total mass; `b` was rescaled to "
+        "the mass of `a`. Normalise both weight vectors to the same sum.",
+        BAD_WEIGHTS: "invalid input: a weight in `a` or `b` was negative or not finite; such "
+        "weights were set to 0. Pass non-negative, finite weights.",
+        NONFINITE_INPUT: "invalid input: the cost (or a point) was not finite; such entries were "
+        "replaced by finite values. Remove NaN/inf from the inputs.",
+    }
+
+
+def explain(status) -> str:
+    """Message for a result code (an int, or a concrete scalar array from a result).
+
+    For a batch of codes (from ``vmap``) the distinct codes' messages are joined, one per line.
+    """
+    codes = np.unique(np.asarray(status).astype(int).ravel())
+    out = []
+    for c in codes:
+        if int(c) not in Status.MESSAGES:
+            raise ValueError(f"explain: unknown status code {int(c)}; known codes are "
+                             f"{sorted(Status.MESSAGES)}.")
+        out.append(f"{int(c)}: {Status.MESSAGES[int(c)]}")
+    return "\n".join(out)
