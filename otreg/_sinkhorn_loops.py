@@ -18,9 +18,10 @@ each sweep ends with the reduction the next ``f``-update needs, which also gives
   typically at the start of a stage with small epsilon) it is discarded and replaced by a
   log-domain block.
 
-Epsilon annealing is shared: stage ``k`` uses :math:`\max(\varepsilon, \varepsilon_0 q^k)`; a stage
-ends when its error is below ``stage_tol`` and the last stage runs to ``tol`` at the target
-epsilon, so the result is the target-epsilon solution.
+Epsilon annealing is shared: stage ``k`` uses :math:`\max(\varepsilon, \varepsilon_0 q^k)`;
+earlier stages run one sweep per block and end when their error is below ``STAGE_TOL``; the last
+stage runs blocks of ``check_every`` sweeps to ``tol`` at the target epsilon, so the result is the
+target-epsilon solution.
 """
 
 from __future__ import annotations
@@ -73,10 +74,14 @@ def _row_error(a, ratio):
 def _log_sweeps(pb: Problem, f, g, R, eps, n):
     """``n`` log-domain sweeps; R is the row LSE for the incoming g (so f = -eps R)."""
     log_a, log_b = safe_log(pb.a), safe_log(pb.b)
-    for _ in range(n):
+
+    def sweep(_, carry):
+        f, g, R = carry
         f = -eps * R
         g = -eps * pb.geom.lse(f / eps + log_a, eps, axis=0)
-        R = pb.geom.lse(g / eps + log_b, eps, axis=1)
+        return f, g, pb.geom.lse(g / eps + log_b, eps, axis=1)
+
+    f, g, R = jax.lax.fori_loop(0, n, sweep, (f, g, R))
     return f, g, R, _row_error(pb.a, jnp.exp(f / eps + R))
 
 
@@ -84,10 +89,15 @@ def _row_lse(pb: Problem, g, eps):
     return pb.geom.lse(g / eps + safe_log(pb.b), eps, axis=1)
 
 
+def block_length(pb: Problem, stage, check_every):
+    """Sweeps in the next block: ``check_every`` at the target epsilon, 1 in earlier stages."""
+    return jnp.where(stage >= pb.n_stages, check_every, 1)
+
+
 def _record(state: LoopState, pb: Problem, f, g, err, n, check_every, progress, eps):
     """Book-keeping after a completed block of n sweeps: history, stage change, stopping."""
     it = state.it + n
-    errors = state.errors.at[it // check_every - 1].set(err, mode="drop")
+    errors = state.errors.at[(it + check_every - 1) // check_every - 1].set(err, mode="drop")
     final = state.stage >= pb.n_stages
     stage_tol = jnp.where(final, pb.tol, jnp.maximum(pb.tol, STAGE_TOL))
     ok = err <= stage_tol
@@ -119,9 +129,10 @@ def log_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progress):
     def body(s: LoopState):
         eps = stage_eps(pb, s.stage)
         R = _row_lse(pb, s.g, eps)
-        f, g, _, err = _log_sweeps(pb, s.f, s.g, R, eps, check_every)
+        n = block_length(pb, s.stage, check_every)
+        f, g, _, err = _log_sweeps(pb, s.f, s.g, R, eps, n)
         good = _finite(f, g, err)
-        new = _record(s, pb, f, g, err, check_every, check_every, progress, eps)
+        new = _record(s, pb, f, g, err, n, check_every, progress, eps)
         return jax.tree_util.tree_map(lambda x, y: jnp.where(good, x, y), new,
                                       s._replace(failed=jnp.array(True)))
 
@@ -155,19 +166,25 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
             u, v, r = st.u, st.v, st.r
             rmin, rmax = jnp.min(r), jnp.max(r)
             smin, smax = jnp.asarray(jnp.inf, dtype), jnp.asarray(0.0, dtype)
-            for _ in range(check_every):
+
+            def sweep(_, c):
+                u, v, r, rmin, rmax, smin, smax = c
                 u = 1.0 / r
                 sv = jnp.matmul(a * u, K)
                 v = 1.0 / sv
                 r = jnp.matmul(K, b * v)
-                smin, smax = jnp.minimum(smin, jnp.min(sv)), jnp.maximum(smax, jnp.max(sv))
-                rmin, rmax = jnp.minimum(rmin, jnp.min(r)), jnp.maximum(rmax, jnp.max(r))
+                return (u, v, r, jnp.minimum(rmin, jnp.min(r)), jnp.maximum(rmax, jnp.max(r)),
+                        jnp.minimum(smin, jnp.min(sv)), jnp.maximum(smax, jnp.max(sv)))
+
+            n = block_length(pb, st.outer.stage, check_every)
+            u, v, r, rmin, rmax, smin, smax = jax.lax.fori_loop(
+                0, n, sweep, (u, v, r, rmin, rmax, smin, smax))
             err = _row_error(a, u * r)
             hard = ~(jnp.isfinite(err) & (rmin > hard_lo) & (rmax < hard_hi)
                      & (smin > hard_lo) & (smax < hard_hi))
             soft = (rmin < lo) | (rmax > hi) | (smin < lo) | (smax > hi)
             o = st.outer
-            rec = _record(o, pb, o.f, o.g, err, check_every, check_every, progress, eps)
+            rec = _record(o, pb, o.f, o.g, err, n, check_every, progress, eps)
             stage_change = rec.stage != o.stage
             ex = jnp.where(rec.done | stage_change | (rec.it >= max_iter), 1,
                            jnp.where(soft, 2, 0))
@@ -183,9 +200,10 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
 
     def log_block(s: LoopState):
         eps = stage_eps(pb, s.stage)
-        f, g, _, err = _log_sweeps(pb, s.f, s.g, _row_lse(pb, s.g, eps), eps, check_every)
+        n = block_length(pb, s.stage, check_every)
+        f, g, _, err = _log_sweeps(pb, s.f, s.g, _row_lse(pb, s.g, eps), eps, n)
         good = _finite(f, g, err)
-        new = _record(s, pb, f, g, err, check_every, check_every, progress, eps)
+        new = _record(s, pb, f, g, err, n, check_every, progress, eps)
         return jax.tree_util.tree_map(
             lambda x, y: jnp.where(good, x, y), new._replace(use_log=jnp.array(False)),
             s._replace(failed=jnp.array(True)))

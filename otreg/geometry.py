@@ -257,5 +257,5 @@ def as_geometry(geom, fn: str = "otreg") -> _Geometry:
     try:
         return CostMatrix(geom)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{fn}: `geom` must be a CostMatrix, a PointCloud or an (n, m) cost "
+        raise type(err)(f"{fn}: `geom` must be a CostMatrix, a PointCloud or an (n, m) cost "
                         f"array; got {type(geom).__name__} ({err}).") from None

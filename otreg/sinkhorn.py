@@ -40,9 +40,10 @@ class SinkhornResult(NamedTuple):
       f, g: dual potentials in cost units, in the gauge :math:`\\langle f, a\\rangle =
         \\langle g, b\\rangle` (held constant under differentiation).
       converged: whether the L1 marginal error reached ``tol`` at the target epsilon.
-      n_iters: Sinkhorn sweeps run (all annealing stages; a multiple of ``check_every``).
+      n_iters: Sinkhorn sweeps run (all annealing stages).
       error: final L1 marginal error :math:`\\|P1 - a\\|_1 + \\|P^\\top 1 - b\\|_1`.
-      errors: error after each block of ``check_every`` sweeps; -1 where not run.
+      errors: ``errors[k]`` is the last error measured at an iteration in
+        ``(k * check_every, (k + 1) * check_every]``; -1 where none was.
       status: result code; ``otreg.explain(status)`` says what it means.
       geom, a, b, epsilon: the problem solved (weights after validation, epsilon resolved).
     """
@@ -190,10 +191,12 @@ def sinkhorn(
       a, b: non-negative weights (n,) and (m,) with equal sums; ``None`` is uniform.
       epsilon: regularisation in cost units; ``None`` is ``0.05 * mean(C)``.
       tol: target L1 marginal error; default 1e-3 in float32, 1e-6 in float64.
-      max_iter: most Sinkhorn sweeps (all stages; rounded up to a multiple of ``check_every``).
+      max_iter: most Sinkhorn sweeps (all stages; the last block may overrun by less than
+        ``check_every``).
       anneal: geometric epsilon decay from ``max(C)`` down to ``epsilon`` by ``anneal_decay`` per
-        stage, each stage warm-started and run to a loose error (0.1), the last one to ``tol`` at
-        ``epsilon`` (the result is the target-epsilon solution). Ignored when ``init`` is given.
+        stage, each stage warm-started and run one sweep at a time until its error is below 0.1,
+        the last one to ``tol`` at ``epsilon`` (the result is the target-epsilon solution).
+        Ignored when ``init`` is given.
       check_every: sweeps between error checks (and ``progress`` reports).
       init: warm start ``(f, g)`` in cost units (e.g. a previous result's ``f, g``).
       progress: ``True`` prints ``(iteration, error, epsilon)`` every check via
