@@ -60,6 +60,7 @@ class LoopState(NamedTuple):
     done: jax.Array
     failed: jax.Array
     use_log: jax.Array
+    ratio: jax.Array  # row marginal / a at (f, g): gives the value without another pass
 
 
 def stage_eps(pb: Problem, stage):
@@ -82,7 +83,8 @@ def _log_sweeps(pb: Problem, f, g, R, eps, n):
         return f, g, pb.geom.lse(g / eps + log_b, eps, axis=1)
 
     f, g, R = jax.lax.fori_loop(0, n, sweep, (f, g, R))
-    return f, g, R, _row_error(pb.a, jnp.exp(f / eps + R))
+    ratio = jnp.exp(f / eps + R)
+    return f, g, ratio, _row_error(pb.a, ratio)
 
 
 def _row_lse(pb: Problem, g, eps):
@@ -94,7 +96,7 @@ def block_length(pb: Problem, stage, check_every):
     return jnp.where(stage >= pb.n_stages, check_every, 1)
 
 
-def _record(state: LoopState, pb: Problem, f, g, err, n, check_every, progress, eps):
+def _record(state: LoopState, pb: Problem, f, g, ratio, err, n, check_every, progress, eps):
     """Book-keeping after a completed block of n sweeps: history, stage change, stopping."""
     it = state.it + n
     errors = state.errors.at[(it + check_every - 1) // check_every - 1].set(err, mode="drop")
@@ -103,7 +105,7 @@ def _record(state: LoopState, pb: Problem, f, g, err, n, check_every, progress, 
     ok = err <= stage_tol
     if progress is not None:
         jax.debug.callback(progress, it, err, eps)
-    return state._replace(f=f, g=g, it=it, err=err, errors=errors, done=final & ok,
+    return state._replace(f=f, g=g, ratio=ratio, it=it, err=err, errors=errors, done=final & ok,
                           stage=jnp.where(ok & ~final, state.stage + 1, state.stage))
 
 
@@ -130,9 +132,9 @@ def log_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progress):
         eps = stage_eps(pb, s.stage)
         R = _row_lse(pb, s.g, eps)
         n = block_length(pb, s.stage, check_every)
-        f, g, _, err = _log_sweeps(pb, s.f, s.g, R, eps, n)
+        f, g, ratio, err = _log_sweeps(pb, s.f, s.g, R, eps, n)
         good = _finite(f, g, err)
-        new = _record(s, pb, f, g, err, n, check_every, progress, eps)
+        new = _record(s, pb, f, g, ratio, err, n, check_every, progress, eps)
         return jax.tree_util.tree_map(lambda x, y: jnp.where(good, x, y), new,
                                       s._replace(failed=jnp.array(True)))
 
@@ -179,12 +181,13 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
             n = block_length(pb, st.outer.stage, check_every)
             u, v, r, rmin, rmax, smin, smax = jax.lax.fori_loop(
                 0, n, sweep, (u, v, r, rmin, rmax, smin, smax))
-            err = _row_error(a, u * r)
+            ratio = u * r
+            err = _row_error(a, ratio)
             hard = ~(jnp.isfinite(err) & (rmin > hard_lo) & (rmax < hard_hi)
                      & (smin > hard_lo) & (smax < hard_hi))
             soft = (rmin < lo) | (rmax > hi) | (smin < lo) | (smax > hi)
             o = st.outer
-            rec = _record(o, pb, o.f, o.g, err, n, check_every, progress, eps)
+            rec = _record(o, pb, o.f, o.g, ratio, err, n, check_every, progress, eps)
             stage_change = rec.stage != o.stage
             ex = jnp.where(rec.done | stage_change | (rec.it >= max_iter), 1,
                            jnp.where(soft, 2, 0))
@@ -201,9 +204,9 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
     def log_block(s: LoopState):
         eps = stage_eps(pb, s.stage)
         n = block_length(pb, s.stage, check_every)
-        f, g, _, err = _log_sweeps(pb, s.f, s.g, _row_lse(pb, s.g, eps), eps, n)
+        f, g, ratio, err = _log_sweeps(pb, s.f, s.g, _row_lse(pb, s.g, eps), eps, n)
         good = _finite(f, g, err)
-        new = _record(s, pb, f, g, err, n, check_every, progress, eps)
+        new = _record(s, pb, f, g, ratio, err, n, check_every, progress, eps)
         return jax.tree_util.tree_map(
             lambda x, y: jnp.where(good, x, y), new._replace(use_log=jnp.array(False)),
             s._replace(failed=jnp.array(True)))
@@ -217,7 +220,8 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
 def initial_state(f, g, n_checks, dtype) -> LoopState:
     return LoopState(f=f, g=g, stage=jnp.array(0), it=jnp.array(0),
                      err=jnp.asarray(jnp.inf, dtype), errors=-jnp.ones((n_checks,), dtype),
-                     done=jnp.array(False), failed=jnp.array(False), use_log=jnp.array(False))
+                     done=jnp.array(False), failed=jnp.array(False), use_log=jnp.array(False),
+                     ratio=jnp.ones_like(f))
 
 
 def final_status(state: LoopState, input_status):

@@ -88,6 +88,33 @@ class SinkhornResult(NamedTuple):
         return rows, cols
 
 
+def _dual_value(geom, a, b, eps, f, g):
+    """Dual objective <f, a> + <g, b> - eps (sum P - |a| |b|), one log-sum-exp pass."""
+    ratio = jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
+    return jnp.dot(f, a) + jnp.dot(g, b) - eps * (jnp.dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
+
+
+@jax.custom_vjp
+def _envelope_cost(geom, a, b, eps, f, g, ratio):
+    """:func:`_dual_value` from the row ratio the loop already has (no pass over C); its VJP is
+    that of :func:`_dual_value` at fixed (f, g): the envelope (Danskin) gradient in C (or x, y),
+    a, b and epsilon."""
+    return jnp.dot(f, a) + jnp.dot(g, b) - eps * (jnp.dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
+
+
+def _envelope_fwd(geom, a, b, eps, f, g, ratio):
+    return _envelope_cost(geom, a, b, eps, f, g, ratio), (geom, a, b, eps, f, g, ratio)
+
+
+def _envelope_bwd(res, ct):
+    geom, a, b, eps, f, g, ratio = res
+    _, vjp = jax.vjp(_dual_value, geom, a, b, eps, f, g)
+    return (*vjp(ct), jnp.zeros_like(ratio))
+
+
+_envelope_cost.defvjp(_envelope_fwd, _envelope_bwd)
+
+
 def _default_progress(it, err, eps):
     print(f"sinkhorn: iteration {int(it):6d}  error {float(err):.3e}  epsilon {float(eps):.3g}",
           flush=True)
@@ -136,9 +163,10 @@ def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, dec
     eps = (0.05 * solve_geom.mean_cost() if epsilon is None else jnp.asarray(epsilon)).astype(dtype)
     eps = jnp.maximum(jax.lax.stop_gradient(eps), jnp.finfo(dtype).tiny)
     if anneal and init is None:
-        eps0 = jnp.maximum(solve_geom.max_cost(), eps)
-        n_stages = jnp.ceil(jnp.log(eps0 / eps) / np.log(1.0 / decay) - 1e-6)
-        n_stages = jnp.maximum(n_stages, 0).astype(jnp.int32)
+        # stages eps / decay^k, k = n_stages..0, the largest one not above max(C)
+        n_stages = jnp.floor(jnp.log(solve_geom.max_cost() / eps) / np.log(1.0 / decay))
+        n_stages = jnp.clip(n_stages, 0, 64).astype(jnp.int32)
+        eps0 = eps / decay ** n_stages.astype(dtype)
     else:
         eps0, n_stages = eps, jnp.array(0, jnp.int32)
     pb = loops.Problem(solve_geom, a_s, b_s, eps, eps0, n_stages, decay, jnp.asarray(tol, dtype))
@@ -153,10 +181,8 @@ def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, dec
     state = loop(pb, state, max_iter=max_iter, check_every=check_every, progress=progress)
     f, g = state.f, state.g
 
-    # Envelope theorem: the dual objective at fixed (f, g) has the right gradient in C, a, b, eps.
     eps_live = eps if epsilon is None else jnp.asarray(epsilon, dtype)
-    row = jnp.exp(f / eps_live + live.lse(g / eps_live, eps_live, 1, b))
-    cost = jnp.dot(f, a) + jnp.dot(g, b) - eps_live * (jnp.dot(a, row) - jnp.sum(a) * jnp.sum(b))
+    cost = _envelope_cost(live, a, b, eps_live, f, g, state.ratio)
     cast = (lambda z: z.astype(in_dtype)) if in_dtype != dtype else (lambda z: z)
     return SinkhornResult(
         cost=cast(cost), f=cast(f), g=cast(g), converged=state.done & ~state.failed,
@@ -177,7 +203,7 @@ def sinkhorn(
     init: tuple[jax.Array, jax.Array] | None = None,
     progress: bool | Callable = False,
     mode: str = "auto",
-    anneal_decay: float = 0.25,
+    anneal_decay: float = 0.1,
 ) -> SinkhornResult:
     r"""Entropic OT between ``a`` and ``b`` on a geometry, by Sinkhorn iterations.
 
