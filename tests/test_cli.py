@@ -1,0 +1,54 @@
+"""The command line: `otreg demo` and `otreg distance` on files, against POT's exact answer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import ot
+import pytest
+
+from otreg import cli, data
+
+
+def test_demo_prints_table(capsys):
+    assert cli.main(["demo", "--n", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "method" in out and "converged" in out
+    rows = [line for line in out.splitlines() if line.startswith("sinkhorn")]
+    assert len(rows) == 3 and all(line.rstrip().endswith("True") for line in rows)
+    values = {float(line.split()[-4]) for line in rows}
+    assert max(values) - min(values) < 1e-4 * max(values)
+
+
+@pytest.mark.parametrize("ext", ["npy", "npz", "csv"])
+def test_distance_from_files(tmp_path, rng, x64, ext, capsys):
+    x, y = rng.standard_normal((30, 2)), rng.standard_normal((25, 2)) + 1
+    px, py = tmp_path / f"x.{ext}", tmp_path / f"y.{ext}"
+    for p, v in ((px, x), (py, y)):
+        {"npy": lambda p, v: np.save(p, v), "npz": lambda p, v: np.savez(p, pts=v),
+         "csv": lambda p, v: np.savetxt(p, v, delimiter=",")}[ext](p, v)
+    code = cli.main(["distance", str(px), str(py), "--epsilon", "0.5", "--x64", "--tol", "1e-9"])
+    assert code == 0
+    value = float(capsys.readouterr().out.strip())
+    C = ot.dist(x, y)
+    P = ot.sinkhorn(np.full(30, 1 / 30), np.full(25, 1 / 25), C, 0.5, method="sinkhorn_log",
+                    stopThr=1e-12, numItermax=100_000)
+    a, b = np.full(30, 1 / 30), np.full(25, 1 / 25)
+    kl = (P * np.log(P / np.outer(a, b))).sum()
+    np.testing.assert_allclose(value, (P * C).sum() + 0.5 * kl, rtol=1e-7)
+
+
+def test_distance_errors(tmp_path, capsys):
+    p = tmp_path / "x.txt"
+    p.write_text("1")
+    assert cli.main(["distance", str(p), str(p)]) == 2
+    assert "unsupported file type" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "otreg.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "demo" in out and "distance" in out
+    assert data.gaussians(5, d=3)[1].shape == (5, 3)
