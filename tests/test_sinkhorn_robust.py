@@ -166,3 +166,13 @@ def test_blocked_compiles_to_no_n_by_m_buffer():
     dense = jax.jit(lambda x, y: solve(x, y, None)).lower(x, x).compile().memory_analysis()
     assert dense.temp_size_in_bytes >= nm_bytes  # the check can fail: dense does hold C
     assert blocked.temp_size_in_bytes < nm_bytes / 10
+
+
+def test_blocked_20k_compiles_under_1gib():
+    """n = m = 20,000, d = 64 (the issue's size): compile only, no solve."""
+    x = jax.ShapeDtypeStruct((20_000, 64), jnp.float32)
+    solve = jax.jit(lambda x, y: otreg.sinkhorn(otreg.PointCloud(x, y, block_size=256),
+                                                epsilon=0.05).cost)
+    mem = solve.lower(x, x).compile().memory_analysis()
+    total = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+    assert total < 2**30 / 4
