@@ -41,8 +41,7 @@ def float_array(x: Any, name: str, ndim: int | None = None, fn: str = "otreg") -
     """``x`` as a JAX array of a floating dtype and rank ``ndim``; raises naming ``name``."""
     if x is None:
         raise TypeError(f"{fn}: `{name}` is None; pass an array.")
-    arr = x if isinstance(x, jax.Array) else jnp.asarray(np.asarray(x) if not hasattr(
-        x, "dtype") else x)
+    arr = jnp.asarray(x)
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         raise TypeError(
             f"{fn}: `{name}` has dtype {arr.dtype}; a floating dtype is required "
