@@ -72,17 +72,19 @@ def _row_error(a, ratio):
     return jnp.sum(a * jnp.abs(ratio - 1.0))
 
 
-def _log_sweeps(pb: Problem, f, g, R, eps, n):
-    """``n`` log-domain sweeps; R is the row LSE for the incoming g (so f = -eps R)."""
+def _log_sweeps(pb: Problem, f, g, R, eps, n, n_max):
+    """``n <= n_max`` log-domain sweeps (``n_max`` static, so reverse-mode differentiable); R is
+    the row LSE for the incoming g (so f = -eps R)."""
     log_a, log_b = safe_log(pb.a), safe_log(pb.b)
 
-    def sweep(_, carry):
+    def sweep(carry):
         f, g, R = carry
         f = -eps * R
         g = -eps * pb.geom.lse(f / eps + log_a, eps, axis=0)
         return f, g, pb.geom.lse(g / eps + log_b, eps, axis=1)
 
-    f, g, R = jax.lax.fori_loop(0, n, sweep, (f, g, R))
+    f, g, R = jax.lax.fori_loop(
+        0, n_max, lambda i, c: jax.lax.cond(i < n, sweep, lambda c: c, c), (f, g, R))
     ratio = jnp.exp(f / eps + R)
     return f, g, ratio, _row_error(pb.a, ratio)
 
@@ -109,9 +111,11 @@ def _record(state: LoopState, pb: Problem, f, g, ratio, err, n, check_every, pro
                           stage=jnp.where(ok & ~final, state.stage + 1, state.stage))
 
 
-def _gauge(pb: Problem, f, g):
-    """Shift (f - t, g + t) so that <f, a> = <g, b>: keeps both of order the cost in float32."""
-    t = (jnp.dot(f, pb.a) - jnp.dot(g, pb.b)) / (jnp.sum(pb.a) + jnp.sum(pb.b))
+def gauge(f, g, a, b):
+    """Shift (f - t, g + t) so that <f, a> = <g, b>: keeps both of order the cost in float32.
+
+    Differentiable: applied after implicit differentiation it fixes the gauge of the gradients."""
+    t = (jnp.dot(f, a) - jnp.dot(g, b)) / (jnp.sum(a) + jnp.sum(b))
     return f - t, g + t
 
 
@@ -125,20 +129,37 @@ def _finite(*xs):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
 
 
-def log_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progress):
-    """Log-domain Sinkhorn with annealing; returns the final LoopState."""
-
+def _log_body(pb: Problem, check_every, progress):
     def body(s: LoopState):
         eps = stage_eps(pb, s.stage)
         R = _row_lse(pb, s.g, eps)
         n = block_length(pb, s.stage, check_every)
-        f, g, ratio, err = _log_sweeps(pb, s.f, s.g, R, eps, n)
+        f, g, ratio, err = _log_sweeps(pb, s.f, s.g, R, eps, n, check_every)
         good = _finite(f, g, err)
         new = _record(s, pb, f, g, ratio, err, n, check_every, progress, eps)
         return jax.tree_util.tree_map(lambda x, y: jnp.where(good, x, y), new,
                                       s._replace(failed=jnp.array(True)))
+    return body
 
+
+def log_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progress):
+    """Log-domain Sinkhorn with annealing; returns the final LoopState."""
+    body = _log_body(pb, check_every, progress)
     return jax.lax.while_loop(_cond(max_iter), body, state)
+
+
+def unrolled_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progress):
+    """:func:`log_loop` as a ``lax.scan`` (reverse-mode differentiable): one step per block,
+    skipped by ``lax.cond`` once stopped, each block under ``jax.checkpoint`` so that memory is
+    O(blocks * (n + m)) rather than O(iterations * n * m)."""
+    body = jax.checkpoint(_log_body(pb, check_every, progress))
+    cond = _cond(max_iter)
+    n_blocks = -(-max_iter // check_every) + 64  # + the one-sweep annealing stages (<= 64)
+
+    def step(s, _):
+        return jax.lax.cond(cond(s), body, lambda s: s, s), None
+
+    return jax.lax.scan(step, state, None, length=n_blocks)[0]
 
 
 class _Inner(NamedTuple):
@@ -198,13 +219,14 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
         init = _Inner(one_n, one_m, jnp.matmul(K, b), s._replace(use_log=jnp.array(False)),
                       jnp.array(0))
         st = jax.lax.while_loop(lambda st: st.exit == 0, inner_body, init)
-        f, g = _gauge(pb, s.f + eps * jnp.log(st.u), s.g + eps * jnp.log(st.v))
+        f, g = gauge(s.f + eps * jnp.log(st.u), s.g + eps * jnp.log(st.v), a, b)
         return st.outer._replace(f=f, g=g)
 
     def log_block(s: LoopState):
         eps = stage_eps(pb, s.stage)
         n = block_length(pb, s.stage, check_every)
-        f, g, ratio, err = _log_sweeps(pb, s.f, s.g, _row_lse(pb, s.g, eps), eps, n)
+        f, g, ratio, err = _log_sweeps(pb, s.f, s.g, _row_lse(pb, s.g, eps), eps, n,
+                                       check_every)
         good = _finite(f, g, err)
         new = _record(s, pb, f, g, ratio, err, n, check_every, progress, eps)
         return jax.tree_util.tree_map(

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from otreg import _checks
+from otreg import _checks, implicit
 from otreg import _sinkhorn_loops as loops
 from otreg.geometry import CostMatrix, as_geometry
 from otreg.status import Status
@@ -146,9 +146,10 @@ def _repair_geometry(geom):
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter", "check_every", "anneal", "decay",
-                                             "progress", "mode"))
-def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, decay, progress,
-           mode):
+                                             "progress", "mode", "implicit_diff", "cg_tol",
+                                             "cg_max_iter"))
+def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, decay,
+           progress, mode, implicit_diff, cg_tol, cg_max_iter):
     in_dtype = geom.dtype
     dtype = jnp.float64 if in_dtype == jnp.float64 else jnp.float32
     geom = geom.astype(dtype) if in_dtype != dtype else geom
@@ -176,13 +177,21 @@ def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, dec
     else:
         f0, g0 = (jax.lax.stop_gradient(jnp.asarray(z, dtype)) for z in init)
     state = loops.initial_state(f0, g0, -(-max_iter // check_every), dtype)
-    use_kernel = mode == "kernel" or (mode == "auto" and not getattr(live, "is_blocked", False))
-    loop = loops.kernel_loop if use_kernel else loops.log_loop
-    state = loop(pb, state, max_iter=max_iter, check_every=check_every, progress=progress)
-    f, g = state.f, state.g
+    kw = dict(max_iter=max_iter, check_every=check_every, progress=progress)
+    if implicit_diff:
+        use_kernel = mode == "kernel" or (mode == "auto" and not live.is_blocked)
+        loop = loops.kernel_loop if use_kernel else loops.log_loop
+        state = loop(pb, state, **kw)
+        f, g = implicit.implicit_potentials(live, a, b, eps, state.f, state.g, cg_tol,
+                                            cg_max_iter)
+    else:  # differentiate through the (checkpointed, log-domain) iterations themselves
+        state = loops.unrolled_loop(pb._replace(geom=live, a=a, b=b), state, **kw)
+        f, g = state.f, state.g
+    f, g = loops.gauge(f, g, a, b)
 
     eps_live = eps if epsilon is None else jnp.asarray(epsilon, dtype)
-    cost = _envelope_cost(live, a, b, eps_live, f, g, state.ratio)
+    sg = jax.lax.stop_gradient
+    cost = _envelope_cost(live, a, b, eps_live, sg(f), sg(g), sg(state.ratio))
     cast = (lambda z: z.astype(in_dtype)) if in_dtype != dtype else (lambda z: z)
     return SinkhornResult(
         cost=cast(cost), f=cast(f), g=cast(g), converged=state.done & ~state.failed,
@@ -202,8 +211,11 @@ def sinkhorn(
     check_every: int = 10,
     init: tuple[jax.Array, jax.Array] | None = None,
     progress: bool | Callable = False,
+    implicit_diff: bool = True,
     mode: str = "auto",
     anneal_decay: float = 0.1,
+    cg_tol: float | None = None,
+    cg_max_iter: int = 1000,
 ) -> SinkhornResult:
     r"""Entropic OT between ``a`` and ``b`` on a geometry, by Sinkhorn iterations.
 
@@ -227,9 +239,16 @@ def sinkhorn(
       init: warm start ``(f, g)`` in cost units (e.g. a previous result's ``f, g``).
       progress: ``True`` prints ``(iteration, error, epsilon)`` every check via
         ``jax.debug.callback``; a callable receives those three values instead.
+      implicit_diff: how ``f``, ``g`` and everything built on them (``plan()``, ``apply()``)
+        are differentiated. ``True``: implicitly (:mod:`otreg.implicit`, a conjugate-gradient
+        solve in the backward pass, memory independent of the iteration count). ``False``:
+        through the iterations, run as a checkpointed ``lax.scan`` of log-domain blocks (every
+        geometry; no absorbed kernel; costs ``max_iter / check_every`` scan steps of bookkeeping).
       mode: ``"auto"`` (absorbed kernel on materialised costs, log-domain on blocked clouds),
         ``"kernel"`` or ``"log"``.
       anneal_decay: ratio between consecutive stage epsilons, in (0, 1).
+      cg_tol, cg_max_iter: conjugate-gradient tolerance (relative; default 1e-5 in float32,
+        1e-8 in float64) and iteration cap of the implicit backward pass.
 
     Returns:
       :class:`SinkhornResult`. Cost per sweep: two (n x m) matrix-vector products on materialised
@@ -242,8 +261,9 @@ def sinkhorn(
         the latter are repaired to finite values and reported in ``status`` instead.
 
     Failure modes: ``converged`` is False when ``max_iter`` runs out (small epsilon needs many
-    sweeps; float32 cannot reach errors much below 1e-6). Gradients: ``cost`` is differentiable
-    (envelope theorem); ``f``, ``g`` and ``plan()`` are constants with respect to the inputs here.
+    sweeps; float32 cannot reach errors much below 1e-6). Gradients: ``cost`` by the envelope
+    theorem (exact at convergence, no linear solve); ``f``, ``g``, ``plan()``, ``apply()`` as
+    chosen by ``implicit_diff``. Atoms of zero weight get zero potential gradients.
     """
     fn = "sinkhorn"
     geom = as_geometry(geom, fn)
@@ -262,8 +282,16 @@ def sinkhorn(
     if mode == "kernel" and getattr(geom, "is_blocked", False):
         raise ValueError(f"{fn}: mode='kernel' needs a materialised cost; a blocked PointCloud "
                          f"uses mode='log' (or 'auto').")
-    if not isinstance(anneal, bool):
-        raise TypeError(f"{fn}: `anneal` must be True or False, got {anneal!r}.")
+    for name, flag in (("anneal", anneal), ("implicit_diff", implicit_diff)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{fn}: `{name}` must be True or False, got {flag!r}.")
+    if not implicit_diff and mode == "kernel":
+        raise ValueError(f"{fn}: implicit_diff=False differentiates log-domain iterations; "
+                         f"use mode='auto' or 'log' with it.")
+    cg_tol = (1e-8 if dtype == jnp.float64 else 1e-5) if cg_tol is None else cg_tol
+    if not isinstance(cg_tol, (float, int)) or not 0 < cg_tol < 1:
+        raise ValueError(f"{fn}: `cg_tol` must be a Python float in (0, 1), got {cg_tol!r}.")
+    cg_max_iter = _checks.check_positive_int(cg_max_iter, "cg_max_iter", fn)
     _checks.check_positive_float(anneal_decay, "anneal_decay", fn, upper=1.0)
     if init is not None:
         if not (isinstance(init, (tuple, list)) and len(init) == 2):
@@ -279,5 +307,7 @@ def sinkhorn(
         progress = None
     elif not callable(progress):
         raise TypeError(f"{fn}: `progress` must be a bool or a callable, got {progress!r}.")
-    return _solve(geom, a, b, epsilon, tol, init, max_iter=max_iter, check_every=check_every,
-                  anneal=anneal, decay=float(anneal_decay), progress=progress, mode=mode)
+    return _solve(geom, a, b, epsilon, tol, init, cg_tol=float(cg_tol), max_iter=max_iter,
+                  check_every=check_every, anneal=anneal, decay=float(anneal_decay),
+                  progress=progress, mode=mode, implicit_diff=implicit_diff,
+                  cg_max_iter=cg_max_iter)
