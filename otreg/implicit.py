@@ -4,7 +4,8 @@ At the solution :math:`z^\star = (f, g)` of the marginal conditions
 
 .. math::
     F(z; \theta) = (a - P\mathbf 1,\; b - P^\top\mathbf 1) = 0,\qquad
-    P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon},\quad \theta = (C \text{ or } x, y;\ a, b),
+    P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon},\quad
+    \theta = (C \text{ or } x, y;\ a, b),
 
 the implicit function theorem gives the vector-Jacobian product of :math:`\theta \mapsto z^\star`:
 solve :math:`H w = \varepsilon \bar z` with

@@ -29,6 +29,8 @@ from otreg.status import Status
 
 __all__ = ["sinkhorn", "SinkhornResult"]
 
+ANNEAL_MIN_RATIO = 100.0  # anneal only when max(C) / epsilon exceeds this
+
 
 class SinkhornResult(NamedTuple):
     """Output of :func:`sinkhorn` (a pytree: it passes through ``jit`` and ``vmap``).
@@ -164,9 +166,12 @@ def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, dec
     eps = (0.05 * solve_geom.mean_cost() if epsilon is None else jnp.asarray(epsilon)).astype(dtype)
     eps = jnp.maximum(jax.lax.stop_gradient(eps), jnp.finfo(dtype).tiny)
     if anneal and init is None:
-        # stages eps / decay^k, k = n_stages..0, the largest one not above max(C)
-        n_stages = jnp.floor(jnp.log(solve_geom.max_cost() / eps) / np.log(1.0 / decay))
-        n_stages = jnp.clip(n_stages, 0, 64).astype(jnp.int32)
+        # stages eps / decay^k, k = n_stages..0, the largest one not above max(C); only when
+        # max(C) / eps > ANNEAL_MIN_RATIO (above that Sinkhorn from zero has a slow first phase)
+        ratio = solve_geom.max_cost() / eps
+        n_stages = jnp.floor(jnp.log(ratio) / np.log(1.0 / decay))
+        n_stages = jnp.where(ratio > ANNEAL_MIN_RATIO, jnp.clip(n_stages, 0, 64), 0)
+        n_stages = n_stages.astype(jnp.int32)
         eps0 = eps / decay ** n_stages.astype(dtype)
     else:
         eps0, n_stages = eps, jnp.array(0, jnp.int32)
@@ -231,9 +236,10 @@ def sinkhorn(
       tol: target L1 marginal error; default 1e-3 in float32, 1e-6 in float64.
       max_iter: most Sinkhorn sweeps (all stages; the last block may overrun by less than
         ``check_every``).
-      anneal: geometric epsilon decay from ``max(C)`` down to ``epsilon`` by ``anneal_decay`` per
-        stage, each stage warm-started and run one sweep at a time until its error is below 0.1,
-        the last one to ``tol`` at ``epsilon`` (the result is the target-epsilon solution).
+      anneal: when ``max(C) / epsilon > 100``, geometric epsilon decay from ``max(C)`` down to
+        ``epsilon`` by ``anneal_decay`` per stage, each stage warm-started and run one sweep at a
+        time until its error is below 0.1, the last one to ``tol`` at ``epsilon`` (the result
+        is the target-epsilon solution).
         Ignored when ``init`` is given.
       check_every: sweeps between error checks (and ``progress`` reports).
       init: warm start ``(f, g)`` in cost units (e.g. a previous result's ``f, g``).

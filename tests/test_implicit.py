@@ -41,7 +41,7 @@ def test_implicit_unrolled_fd_agree(rng, x64, blocked):
     for loss in (plan_loss, potential_loss):
         grads = {}
         for imp in (True, False):
-            def L(x, a, imp=imp):
+            def L(x, a, imp=imp, loss=loss):
                 geom = otreg.PointCloud(x, y, block_size=4 if blocked else None)
                 return loss(otreg.sinkhorn(geom, a, b, epsilon=EPS, tol=1e-13, implicit_diff=imp))
             grads[imp] = jax.grad(L, argnums=(0, 1))(x, a)
@@ -58,7 +58,7 @@ def test_implicit_wrt_cost_matrix(rng, x64):
     plan_loss, potential_loss = _losses(rng, 8, 6)
     dC = jnp.asarray(rng.standard_normal(C.shape))
     for loss in (plan_loss, potential_loss):
-        def L(C):
+        def L(C, loss=loss):
             return loss(otreg.sinkhorn(C, a, b, epsilon=EPS * 3, tol=1e-13))
         np.testing.assert_allclose(jnp.vdot(jax.grad(L)(C), dC), _fd(L, C, dC), rtol=1e-6,
                                    atol=1e-8)
@@ -70,8 +70,8 @@ def test_implicit_gradients_finite_degenerate(rng):
     a = jnp.asarray(np.r_[0.0, np.full(11, 1 / 11)], jnp.float32)
     W = jnp.asarray(rng.standard_normal((12, 12)), jnp.float32)
     for y, eps in ((x, 0.1), (x + 1, 1e-3), (jnp.concatenate([x[:6], x[:6]]), 0.05)):
-        g = jax.grad(lambda x: jnp.sum(W * otreg.sinkhorn(otreg.PointCloud(x, y), a,
-                                                          epsilon=eps).plan()))(x)
+        g = jax.grad(lambda x, y=y, eps=eps: jnp.sum(
+            W * otreg.sinkhorn(otreg.PointCloud(x, y), a, epsilon=eps).plan()))(x)
         assert bool(jnp.all(jnp.isfinite(g)))
 
 
