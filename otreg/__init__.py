@@ -5,6 +5,7 @@ Pure, jittable, vmappable, differentiable functions; float32 by default, float64
 """
 
 from otreg import costs
+from otreg.divergence import DivergenceAux, sinkhorn_divergence
 from otreg.geometry import CostMatrix, PointCloud
 from otreg.sinkhorn import SinkhornResult, sinkhorn
 from otreg.status import Status, explain
@@ -13,11 +14,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CostMatrix",
+    "DivergenceAux",
     "PointCloud",
     "SinkhornResult",
     "Status",
     "costs",
     "explain",
     "sinkhorn",
+    "sinkhorn_divergence",
     "__version__",
 ]

@@ -57,9 +57,10 @@ def logsumexp(z: jax.Array, axis: int = -1, weights: jax.Array | None = None) ->
     shift by the maximum is taken under ``stop_gradient`` and replaced by 0 where the maximum is
     not finite, so ``exp`` never sees ``-inf - (-inf)``.
     """
-    m = jax.lax.stop_gradient(jnp.max(z, axis=axis, keepdims=True))
+    zm = z if weights is None else jnp.where(weights > 0, z, -jnp.inf)  # zero weights: no say
+    m = jax.lax.stop_gradient(jnp.max(zm, axis=axis, keepdims=True))
     m = jnp.where(jnp.isfinite(m), m, 0.0)
-    e = jnp.exp(z - m)
+    e = jnp.exp(zm - m)
     if weights is not None:
         e = e * weights
     return safe_log(jnp.sum(e, axis=axis)) + jnp.squeeze(m, axis=axis)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from otreg._math import safe_log, tiny_exponent
 from otreg.status import Status
 
-STAGE_TOL = 1e-1  # error at which an intermediate annealing stage hands over to the next
+STAGE_TOL = 1e-2  # error at which an intermediate annealing stage hands over to the next
 
 
 class Problem(NamedTuple):
@@ -182,7 +182,7 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
 
     def kernel_block(s: LoopState):
         eps = stage_eps(pb, s.stage)
-        K = pb.geom.kernel(s.f, s.g, eps)
+        K = pb.geom.kernel(s.f, s.g, eps, a, b)
         one_n, one_m = jnp.ones_like(a), jnp.ones_like(b)
 
         def inner_body(st: _Inner):

@@ -45,10 +45,15 @@ class _Geometry:
 
     def plan(self, f, g, a, b, eps):
         """Dense plan :math:`a_i b_j \\exp((f_i + g_j - C_{ij})/\\varepsilon)` (n x m)."""
-        return a[:, None] * b[None, :] * self.kernel(f, g, eps)
+        return _plan_block(f, g, a, b, self.cost_matrix, eps)
 
-    def kernel(self, f, g, eps):
-        return jnp.exp((f[:, None] + g[None, :] - self.cost_matrix) / eps)
+    def kernel(self, f, g, eps, a=None, b=None):
+        """:math:`\\exp((f_i + g_j - C_{ij})/\\varepsilon)`; with weights, entries whose row and
+        column weights are both 0 are 0 (their potentials are unconstrained and may overflow)."""
+        z = (f[:, None] + g[None, :] - self.cost_matrix) / eps
+        if a is not None:
+            z = jnp.where((a > 0)[:, None] | (b > 0)[None, :], z, -jnp.inf)
+        return jnp.exp(z)
 
     def lse(self, h, eps, axis, weights=None):
         C = self.cost_matrix
@@ -112,6 +117,13 @@ class CostMatrix(_Geometry):
 
     def __repr__(self):
         return f"CostMatrix(shape={self.shape}, dtype={self.dtype})"
+
+
+def _plan_block(f, g, a, b, C, eps):
+    """``a_i b_j exp((f_i + g_j - C_ij) / eps)``, exactly 0 (never 0 * inf) on zero weights."""
+    z = jnp.where((a > 0)[:, None] & (b > 0)[None, :], (f[:, None] + g[None, :] - C) / eps,
+                  -jnp.inf)
+    return a[:, None] * b[None, :] * jnp.exp(z)
 
 
 def _pad_rows(z: jax.Array, nb: int, bs: int, value=0.0) -> jax.Array:
@@ -226,9 +238,7 @@ class PointCloud(_Geometry):
         fr, fo, wr, wo = (f, g, a, b) if axis == 1 else (g, f, b, a)
 
         def block(xb, frb, wrb):
-            Pb = wrb[:, None] * wo[None, :] * jnp.exp(
-                (frb[:, None] + fo[None, :] - self._cost(xb, other)) / eps)
-            return Pb @ v
+            return _plan_block(frb, fo, wrb, wo, self._cost(xb, other), eps) @ v
 
         return _map_row_blocks(block, self.block_size, rows, fr, wr)
 

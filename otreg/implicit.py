@@ -34,7 +34,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-__all__ = ["implicit_potentials", "marginal_residual", "solve_hessian"]
+from otreg.geometry import CostMatrix
+
+__all__ = ["implicit_potentials", "marginal_residual", "solve_hessian", "dual_value",
+           "envelope_value"]
 
 
 def marginal_residual(geom, a, b, eps, f, g):
@@ -104,3 +107,43 @@ def _bwd(cg_tol, cg_max_iter, res, ct):
 
 
 implicit_potentials.defvjp(_fwd, _bwd)
+
+
+def dual_value(geom, a, b, eps, f, g):
+    """Dual objective <f, a> + <g, b> - eps (sum P - |a| |b|), one log-sum-exp pass."""
+    ratio = jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
+    return jnp.dot(f, a) + jnp.dot(g, b) - eps * (jnp.dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
+
+
+@jax.custom_vjp
+def envelope_value(geom, a, b, eps, f, g, ratio):
+    """:func:`dual_value` from the row ratio ``P 1 / a`` the solver already has (no pass over C);
+    its VJP is that of :func:`dual_value` at fixed (f, g): the envelope (Danskin) gradient in C
+    (or x, y), a, b and epsilon, exact at convergence (Feydy et al. 2019, section 1.5 of
+    ALGORITHMS.md). Pass ``f``, ``g``, ``ratio`` under ``stop_gradient``."""
+    return jnp.dot(f, a) + jnp.dot(g, b) - eps * (jnp.dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
+
+
+def _envelope_fwd(geom, a, b, eps, f, g, ratio):
+    return envelope_value(geom, a, b, eps, f, g, ratio), (geom, a, b, eps, f, g, ratio)
+
+
+def _envelope_bwd(res, ct):
+    geom, a, b, eps, f, g, ratio = res
+    if isinstance(geom, CostMatrix):  # closed form from one pass over the kernel
+        K = geom.kernel(f, g, eps, a, b)
+        P = a[:, None] * b[None, :] * K
+        mass_a, mass_b = jnp.sum(a), jnp.sum(b)
+        row_ratio, col_ratio = K @ b, a @ K  # P 1 / a and P^T 1 / b, also at zero weights
+        a_bar = f - eps * (row_ratio - mass_b)
+        b_bar = g - eps * (col_ratio - mass_a)
+        logK = jnp.where(P > 0, (f[:, None] + g[None, :] - geom.cost_matrix) / eps, 0.0)
+        eps_bar = -(jnp.dot(a, row_ratio) - mass_a * mass_b) + jnp.sum(P * logK)
+        zero = jnp.zeros_like
+        return (CostMatrix(ct * P), ct * a_bar, ct * b_bar, ct * eps_bar, zero(f), zero(g),
+                zero(ratio))
+    _, vjp = jax.vjp(dual_value, geom, a, b, eps, f, g)
+    return (*vjp(ct), jnp.zeros_like(ratio))
+
+
+envelope_value.defvjp(_envelope_fwd, _envelope_bwd)

@@ -30,6 +30,7 @@ from otreg.status import Status
 __all__ = ["sinkhorn", "SinkhornResult"]
 
 ANNEAL_MIN_RATIO = 100.0  # anneal only when max(C) / epsilon exceeds this
+INIT_KEEP_TOL = 1.0  # with anneal=True, a warm start is kept when its L1 error is below this
 
 
 class SinkhornResult(NamedTuple):
@@ -90,33 +91,6 @@ class SinkhornResult(NamedTuple):
         return rows, cols
 
 
-def _dual_value(geom, a, b, eps, f, g):
-    """Dual objective <f, a> + <g, b> - eps (sum P - |a| |b|), one log-sum-exp pass."""
-    ratio = jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
-    return jnp.dot(f, a) + jnp.dot(g, b) - eps * (jnp.dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
-
-
-@jax.custom_vjp
-def _envelope_cost(geom, a, b, eps, f, g, ratio):
-    """:func:`_dual_value` from the row ratio the loop already has (no pass over C); its VJP is
-    that of :func:`_dual_value` at fixed (f, g): the envelope (Danskin) gradient in C (or x, y),
-    a, b and epsilon."""
-    return jnp.dot(f, a) + jnp.dot(g, b) - eps * (jnp.dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
-
-
-def _envelope_fwd(geom, a, b, eps, f, g, ratio):
-    return _envelope_cost(geom, a, b, eps, f, g, ratio), (geom, a, b, eps, f, g, ratio)
-
-
-def _envelope_bwd(res, ct):
-    geom, a, b, eps, f, g, ratio = res
-    _, vjp = jax.vjp(_dual_value, geom, a, b, eps, f, g)
-    return (*vjp(ct), jnp.zeros_like(ratio))
-
-
-_envelope_cost.defvjp(_envelope_fwd, _envelope_bwd)
-
-
 def _default_progress(it, err, eps):
     print(f"sinkhorn: iteration {int(it):6d}  error {float(err):.3e}  epsilon {float(eps):.3g}",
           flush=True)
@@ -165,22 +139,30 @@ def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, dec
     a_s, b_s = jax.lax.stop_gradient(a), jax.lax.stop_gradient(b)
     eps = (0.05 * solve_geom.mean_cost() if epsilon is None else jnp.asarray(epsilon)).astype(dtype)
     eps = jnp.maximum(jax.lax.stop_gradient(eps), jnp.finfo(dtype).tiny)
-    if anneal and init is None:
+    n, m = live.shape
+    f0, g0 = jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
+    n_stages = jnp.array(0, jnp.int32)
+    if anneal:
         # stages eps / decay^k, k = n_stages..0, the largest one not above max(C); only when
         # max(C) / eps > ANNEAL_MIN_RATIO (above that Sinkhorn from zero has a slow first phase)
         ratio = solve_geom.max_cost() / eps
         n_stages = jnp.floor(jnp.log(ratio) / np.log(1.0 / decay))
         n_stages = jnp.where(ratio > ANNEAL_MIN_RATIO, jnp.clip(n_stages, 0, 64), 0)
         n_stages = n_stages.astype(jnp.int32)
-        eps0 = eps / decay ** n_stages.astype(dtype)
-    else:
-        eps0, n_stages = eps, jnp.array(0, jnp.int32)
+    if init is not None:
+        fi, gi = (jax.lax.stop_gradient(jnp.asarray(z, dtype)) for z in init)
+        if anneal:  # keep the warm start only if it is already close; else anneal from zero
+            rows = a_s * jnp.exp(fi / eps + solve_geom.lse(gi / eps, eps, 1, b_s))
+            cols = b_s * jnp.exp(gi / eps + solve_geom.lse(fi / eps, eps, 0, a_s))
+            err = jnp.sum(jnp.abs(rows - a_s)) + jnp.sum(jnp.abs(cols - b_s))
+            keep = err <= INIT_KEEP_TOL
+            fi, gi = jnp.where(keep, fi, f0), jnp.where(keep, gi, g0)
+            n_stages = jnp.where(keep, 0, n_stages)
+        else:
+            n_stages = jnp.array(0, jnp.int32)
+        f0, g0 = fi, gi
+    eps0 = eps / decay ** n_stages.astype(dtype)
     pb = loops.Problem(solve_geom, a_s, b_s, eps, eps0, n_stages, decay, jnp.asarray(tol, dtype))
-    n, m = live.shape
-    if init is None:
-        f0, g0 = jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
-    else:
-        f0, g0 = (jax.lax.stop_gradient(jnp.asarray(z, dtype)) for z in init)
     state = loops.initial_state(f0, g0, -(-max_iter // check_every), dtype)
     kw = dict(max_iter=max_iter, check_every=check_every, progress=progress)
     if implicit_diff:
@@ -196,7 +178,7 @@ def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, dec
 
     eps_live = eps if epsilon is None else jnp.asarray(epsilon, dtype)
     sg = jax.lax.stop_gradient
-    cost = _envelope_cost(live, a, b, eps_live, sg(f), sg(g), sg(state.ratio))
+    cost = implicit.envelope_value(live, a, b, eps_live, sg(f), sg(g), sg(state.ratio))
     cast = (lambda z: z.astype(in_dtype)) if in_dtype != dtype else (lambda z: z)
     return SinkhornResult(
         cost=cast(cost), f=cast(f), g=cast(g), converged=state.done & ~state.failed,
@@ -239,10 +221,11 @@ def sinkhorn(
       anneal: when ``max(C) / epsilon > 100``, geometric epsilon decay from ``max(C)`` down to
         ``epsilon`` by ``anneal_decay`` per stage, each stage warm-started and run one sweep at a
         time until its error is below 0.1, the last one to ``tol`` at ``epsilon`` (the result
-        is the target-epsilon solution).
-        Ignored when ``init`` is given.
+        is the target-epsilon solution). With ``init``: the warm start is kept when its L1
+        marginal error is below 1 (of at most 4), otherwise the solve anneals from zero.
       check_every: sweeps between error checks (and ``progress`` reports).
-      init: warm start ``(f, g)`` in cost units (e.g. a previous result's ``f, g``).
+      init: warm start ``(f, g)`` in cost units (e.g. a previous result's ``f, g``); with
+        ``anneal=False`` it is always used.
       progress: ``True`` prints ``(iteration, error, epsilon)`` every check via
         ``jax.debug.callback``; a callable receives those three values instead.
       implicit_diff: how ``f``, ``g`` and everything built on them (``plan()``, ``apply()``)

@@ -1,0 +1,172 @@
+r"""The debiased Sinkhorn divergence (Feydy et al. 2019, "Interpolating between Optimal Transport
+and MMD using Sinkhorn Divergences"):
+
+.. math::
+    S_\varepsilon(\alpha, \beta) = \mathrm{OT}_\varepsilon(a, b)
+        - \tfrac12 \mathrm{OT}_\varepsilon(a, a) - \tfrac12 \mathrm{OT}_\varepsilon(b, b),
+
+non-negative, zero iff the two measures are equal (for the Euclidean and squared Euclidean costs),
+and smooth: a training loss that needs no target-side bias correction. The cross term is solved by
+:func:`otreg.sinkhorn`; each symmetric term by the averaged fixed-point iteration
+:math:`p \leftarrow \tfrac12 (p + T_a(p))`, :math:`T_a(p)_i = -\varepsilon \log\sum_k a_k
+e^{(p_k - C_{ik})/\varepsilon}`, which converges in a few tens of log-sum-exp passes (the plain
+iteration oscillates). All three values are differentiated by the envelope theorem (no linear
+solve): the gradient costs a few passes over the costs, far less than the solves.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from otreg import _checks, implicit
+from otreg._math import safe_log
+from otreg.geometry import PointCloud
+from otreg.sinkhorn import SinkhornResult, sinkhorn
+from otreg.status import Status
+
+__all__ = ["sinkhorn_divergence", "DivergenceAux"]
+
+
+class DivergenceAux(NamedTuple):
+    """Auxiliary output of :func:`sinkhorn_divergence`.
+
+    Attributes:
+      ot_xy: the cross-term :class:`~otreg.SinkhornResult` (plan, potentials f, g).
+      p, q: symmetric potentials of ``(x, a)`` and ``(y, b)``; ``f - p`` and ``g - q`` are the
+        gradients of the divergence with respect to ``a`` and ``b``.
+      ot_xx, ot_yy: the two symmetric values.
+      converged: all three solves reached ``tol``.
+      n_iters: iterations of the (xy, xx, yy) solves.
+      status: the first non-success status of the three (see ``otreg.explain``).
+    """
+
+    ot_xy: SinkhornResult
+    p: jax.Array
+    q: jax.Array
+    ot_xx: jax.Array
+    ot_yy: jax.Array
+    converged: jax.Array
+    n_iters: jax.Array
+    status: jax.Array
+
+
+def _symmetric_potential(geom, a, eps, tol, max_iter):
+    """Averaged fixed point of the symmetric problem OT(a, a); returns (p, ratio, it, err)."""
+    log_a = safe_log(a)
+
+    def transform(p):
+        return -eps * geom.lse(p / eps + log_a, eps, axis=1)
+
+    def body(s):
+        p, tp, it, _ = s
+        p = 0.5 * (p + tp)
+        tp = transform(p)
+        ratio = jnp.exp((p - tp) / eps)  # row marginal / a of the symmetric plan at p
+        return p, tp, it + 1, 2.0 * jnp.sum(a * jnp.abs(ratio - 1.0))
+
+    def cond(s):
+        return (s[3] > tol) & (s[2] < max_iter)
+
+    p0 = jnp.zeros_like(a)
+    init = (p0, transform(p0), jnp.array(0), jnp.asarray(jnp.inf, a.dtype))
+    p, tp, it, err = jax.lax.while_loop(cond, body, init)
+    p = jnp.where(a > 0, p, tp)  # zero-weight atoms: their exact c-transform (ratio 1)
+    return p, jnp.exp((p - tp) / eps), it, err
+
+
+@functools.partial(jax.jit, static_argnames=("cost", "block_size", "max_iter", "sym_max_iter",
+                                             "sinkhorn_kw"))
+def _divergence(x, y, a, b, epsilon, tol, *, cost, block_size, max_iter, sym_max_iter,
+                sinkhorn_kw):
+    sg = jax.lax.stop_gradient
+    a, b, in_status = _checks.repair_weights(a, b)
+    geom_xy = PointCloud(x, y, cost=cost, block_size=block_size)
+    eps = sg(0.05 * geom_xy.mean_cost() if epsilon is None else jnp.asarray(epsilon, x.dtype))
+    values, pots, iters, errs = [], [], [], []
+    for pts, w in ((x, a), (y, b)):
+        live = PointCloud(pts, pts, cost=cost, block_size=block_size).materialize()
+        p, ratio, it, err = _symmetric_potential(jax.tree_util.tree_map(sg, live), sg(w), eps,
+                                                 tol, sym_max_iter)
+        values.append(implicit.envelope_value(live, w, w, eps, p, p, ratio))
+        pots.append(p)
+        iters.append(it)
+        errs.append(err)
+    # warm start at the symmetric potentials: exact when x == y (where alternating Sinkhorn from
+    # zero crawls: its iteration map squares an eigenvalue near -1), close when x ~ y
+    ot_xy = sinkhorn(geom_xy, a, b, epsilon=eps, tol=tol, max_iter=max_iter,
+                     init=(pots[0], pots[1]), **dict(sinkhorn_kw))
+    value = ot_xy.cost - 0.5 * (values[0] + values[1])
+    sym_ok = (errs[0] <= tol) & (errs[1] <= tol)
+    status = jnp.where(ot_xy.status != Status.SUCCESS, ot_xy.status,
+                       jnp.where(sym_ok, Status.SUCCESS, Status.MAX_ITER))
+    status = jnp.where(in_status != Status.SUCCESS, in_status, status).astype(jnp.int32)
+    aux = DivergenceAux(ot_xy=ot_xy, p=pots[0], q=pots[1], ot_xx=values[0], ot_yy=values[1],
+                        converged=ot_xy.converged & sym_ok,
+                        n_iters=jnp.stack([ot_xy.n_iters, iters[0], iters[1]]), status=status)
+    return value, aux
+
+
+def sinkhorn_divergence(
+    x: jax.Array,
+    y: jax.Array,
+    a: jax.Array | None = None,
+    b: jax.Array | None = None,
+    *,
+    epsilon: float | jax.Array | None = None,
+    cost: Any = "sqeuclidean",
+    block_size: int | None = None,
+    tol: float | None = None,
+    max_iter: int = 10_000,
+    sym_max_iter: int = 1_000,
+    **sinkhorn_kw: Any,
+) -> tuple[jax.Array, DivergenceAux]:
+    r"""Debiased Sinkhorn divergence between weighted point clouds ``(x, a)`` and ``(y, b)``.
+
+    .. math::
+        S_\varepsilon = \mathrm{OT}_\varepsilon(a, b) - \tfrac12\mathrm{OT}_\varepsilon(a, a)
+            - \tfrac12\mathrm{OT}_\varepsilon(b, b)
+            = \langle f - p, a\rangle + \langle g - q, b\rangle
+
+    Args:
+      x, y: points (n, d) and (m, d).
+      a, b: weights (None = uniform), equal total mass.
+      epsilon: absolute, in cost units; ``None`` is ``0.05 * mean`` of the cross cost. The same
+        epsilon is used for all three terms.
+      cost, block_size: as in :class:`~otreg.PointCloud` (``block_size`` keeps all three terms
+        free of any n x m buffer).
+      tol, max_iter: stopping rule of the cross term (as :func:`~otreg.sinkhorn`) and of the
+        symmetric terms (L1 marginal error <= tol, at most ``sym_max_iter`` averaged steps).
+      **sinkhorn_kw: passed to :func:`~otreg.sinkhorn` for the cross term (``mode``,
+        ``check_every``, ...). The cross term is warm-started at the symmetric potentials
+        ``(p, q)`` (so it does not anneal): exact when ``x == y``.
+
+    Returns:
+      ``(value, aux)`` with ``aux`` a :class:`DivergenceAux`. ``value`` is >= 0 up to the
+      solver tolerance and 0 at ``x == y``, ``a == b``; its gradients with respect to x, y, a, b
+      (and a traced epsilon) are envelope gradients: finite everywhere, zero at ``x == y``.
+    """
+    fn = "sinkhorn_divergence"
+    x, y = _checks.check_points(x, y, fn)
+    dtype = _checks.compute_dtype(x, y)
+    x, y = x.astype(dtype), y.astype(dtype)
+    a = _checks.check_weights(a, x.shape[0], "a", dtype, fn)
+    b = _checks.check_weights(b, y.shape[0], "b", dtype, fn)
+    _checks.check_weight_values(a, b, fn)
+    _checks.check_epsilon(epsilon, fn)
+    tol = (1e-6 if dtype == jnp.float64 else 1e-3) if tol is None else tol
+    _checks.check_positive_float(tol, "tol", fn)
+    max_iter = _checks.check_positive_int(max_iter, "max_iter", fn)
+    sym_max_iter = _checks.check_positive_int(sym_max_iter, "sym_max_iter", fn)
+    for bad in ("geom", "init", "epsilon", "tol", "max_iter", "anneal"):
+        if bad in sinkhorn_kw:
+            raise TypeError(f"{fn}: `{bad}` cannot be passed through **sinkhorn_kw.")
+    if block_size is not None:
+        block_size = _checks.check_positive_int(block_size, "block_size", fn)
+    PointCloud(x[:1], y[:1], cost=cost)  # validates `cost` eagerly
+    return _divergence(x, y, a, b, epsilon, tol, cost=cost, block_size=block_size,
+                       max_iter=max_iter, sym_max_iter=sym_max_iter,
+                       sinkhorn_kw=tuple(sorted(sinkhorn_kw.items())))
