@@ -80,17 +80,23 @@ class _Geometry:
 
 @jax.tree_util.register_pytree_node_class
 class CostMatrix(_Geometry):
-    """A geometry given by an explicit cost matrix ``C: (n, m)``."""
+    """A geometry given by an explicit cost matrix ``C: (n, m)``.
 
-    def __init__(self, cost_matrix: jax.Array):
+    ``fill`` (internal, set by solvers under ``jit``): when not None, non-finite entries of C read
+    as ``fill``; the replacement is fused into every pass instead of copying C.
+    """
+
+    def __init__(self, cost_matrix: jax.Array, fill: jax.Array | None = None):
         C = float_array(cost_matrix, "cost_matrix", 2, "CostMatrix")
         if 0 in C.shape:
             raise ValueError(f"CostMatrix: empty cost matrix of shape {tuple(C.shape)}.")
-        self._C = C
+        self._C, self.fill = C, fill
 
     @property
     def cost_matrix(self) -> jax.Array:
-        return self._C
+        if self.fill is None:
+            return self._C
+        return jnp.where(jnp.isfinite(self._C), self._C, self.fill)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -104,15 +110,16 @@ class CostMatrix(_Geometry):
         return self
 
     def astype(self, dtype) -> CostMatrix:
-        return CostMatrix(self._C.astype(dtype))
+        fill = None if self.fill is None else jnp.asarray(self.fill, dtype)
+        return CostMatrix(self._C.astype(dtype), fill)
 
     def tree_flatten(self):
-        return (self._C,), None
+        return (self._C, self.fill), None
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        (obj._C,) = children
+        obj._C, obj.fill = children
         return obj
 
     def __repr__(self):

@@ -140,8 +140,9 @@ def _envelope_bwd(res, ct):
         logK = jnp.where(P > 0, (f[:, None] + g[None, :] - geom.cost_matrix) / eps, 0.0)
         eps_bar = -(jnp.dot(a, row_ratio) - mass_a * mass_b) + jnp.sum(P * logK)
         zero = jnp.zeros_like
-        return (CostMatrix(ct * P), ct * a_bar, ct * b_bar, ct * eps_bar, zero(f), zero(g),
-                zero(ratio))
+        fill_bar = None if geom.fill is None else zero(geom.fill)
+        return (CostMatrix(ct * P, fill_bar), ct * a_bar, ct * b_bar, ct * eps_bar, zero(f),
+                zero(g), zero(ratio))
     _, vjp = jax.vjp(dual_value, geom, a, b, eps, f, g)
     return (*vjp(ct), jnp.zeros_like(ratio))
 

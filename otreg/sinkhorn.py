@@ -108,17 +108,23 @@ def _validate_geometry_values(geom) -> None:
 
 
 def _repair_geometry(geom):
-    """In-graph: replace non-finite costs/points by finite values; returns (geom, ok)."""
-    if isinstance(geom, CostMatrix):
+    """In-graph: non-finite costs/points read as finite values. Returns (geom, ok, cost stats)
+    where the stats are ``(max C, mean C)`` thunks that reuse the passes already made."""
+    if isinstance(geom, CostMatrix):  # non-finite entries read as the largest finite cost
         C = geom.cost_matrix
-        ok = jnp.all(jnp.isfinite(C))
-        big = jnp.max(jnp.where(jnp.isfinite(C), C, -jnp.inf))
+        hi, lo = jnp.max(C), jnp.min(C)  # NaN and +-inf propagate: two fast reductions
+        ok = jnp.isfinite(hi) & jnp.isfinite(lo)
+        big = jax.lax.cond(ok, lambda: hi, lambda: jnp.max(jnp.where(jnp.isfinite(C), C,
+                                                                      -jnp.inf)))
         big = jnp.where(jnp.isfinite(big), big, 0.0)
-        return CostMatrix(jnp.where(jnp.isfinite(C), C, big)), ok
+        fixed = CostMatrix(C, big)
+        mean = lambda: jax.lax.cond(ok, lambda: jnp.mean(C), fixed.mean_cost)  # noqa: E731
+        return fixed, ok, (lambda: big), mean
     ok = jnp.all(jnp.isfinite(geom.x)) & jnp.all(jnp.isfinite(geom.y))
     leaves, treedef = jax.tree_util.tree_flatten(geom)
     x, y = (jnp.where(jnp.isfinite(z), z, 0.0) for z in (geom.x, geom.y))
-    return jax.tree_util.tree_unflatten(treedef, [x, y, *leaves[2:]]), ok
+    fixed = jax.tree_util.tree_unflatten(treedef, [x, y, *leaves[2:]])
+    return fixed, ok, fixed.max_cost, fixed.mean_cost
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter", "check_every", "anneal", "decay",
@@ -131,13 +137,14 @@ def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, dec
     geom = geom.astype(dtype) if in_dtype != dtype else geom
     a, b = a.astype(dtype), b.astype(dtype)
     a, b, status = _checks.repair_weights(a, b)
-    geom, finite = _repair_geometry(geom)
+    geom, finite, max_cost, mean_cost = _repair_geometry(geom)
     status = jnp.where(finite, status, Status.NONFINITE_INPUT)
 
     live = geom.materialize()  # dense clouds become C(x, y): differentiable in x, y
     solve_geom = jax.tree_util.tree_map(jax.lax.stop_gradient, live)
     a_s, b_s = jax.lax.stop_gradient(a), jax.lax.stop_gradient(b)
-    eps = (0.05 * solve_geom.mean_cost() if epsilon is None else jnp.asarray(epsilon)).astype(dtype)
+    sg = jax.lax.stop_gradient
+    eps = (0.05 * sg(mean_cost()) if epsilon is None else jnp.asarray(epsilon)).astype(dtype)
     eps = jnp.maximum(jax.lax.stop_gradient(eps), jnp.finfo(dtype).tiny)
     n, m = live.shape
     f0, g0 = jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
@@ -145,7 +152,7 @@ def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, dec
     if anneal:
         # stages eps / decay^k, k = n_stages..0, the largest one not above max(C); only when
         # max(C) / eps > ANNEAL_MIN_RATIO (above that Sinkhorn from zero has a slow first phase)
-        ratio = solve_geom.max_cost() / eps
+        ratio = sg(max_cost()) / eps
         n_stages = jnp.floor(jnp.log(ratio) / np.log(1.0 / decay))
         n_stages = jnp.where(ratio > ANNEAL_MIN_RATIO, jnp.clip(n_stages, 0, 64), 0)
         n_stages = n_stages.astype(jnp.int32)
