@@ -4,7 +4,7 @@ Pure, jittable, vmappable, differentiable functions; float32 by default, float64
 ``jax_enable_x64``; no NaN from finite inputs.
 """
 
-from otreg import costs
+from otreg import costs, losses
 from otreg.divergence import DivergenceAux, sinkhorn_divergence
 from otreg.geometry import CostMatrix, PointCloud
 from otreg.sinkhorn import SinkhornResult, sinkhorn
@@ -20,6 +20,7 @@ __all__ = [
     "Status",
     "costs",
     "explain",
+    "losses",
     "sinkhorn",
     "sinkhorn_divergence",
     "__version__",

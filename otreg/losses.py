@@ -1,0 +1,150 @@
+"""Per-example OT losses, following ``optax.losses`` conventions.
+
+Batch axes lead, there is no reduction (the caller averages), hyperparameters are keyword-only,
+and shapes are checked with errors that name the argument. Every loss is ``jit``/``vmap``/``grad``
+safe and finite for finite inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from otreg import _checks
+from otreg.divergence import sinkhorn_divergence
+from otreg.geometry import CostMatrix
+from otreg.sinkhorn import sinkhorn
+
+__all__ = ["sinkhorn_divergence_loss", "wasserstein_label_loss"]
+
+
+def _flat_map(fn, batch_shape, *arrays):
+    """Apply ``fn`` (scalar output) to every leading-batch element with one ``vmap``."""
+    if not batch_shape:
+        return fn(*arrays)
+    size = math.prod(batch_shape)
+    flat = [None if z is None else z.reshape((size,) + z.shape[len(batch_shape):])
+            for z in arrays]
+    axes = [None if z is None else 0 for z in flat]
+    return jax.vmap(fn, in_axes=axes)(*flat).reshape(batch_shape)
+
+
+def sinkhorn_divergence_loss(
+    pred: jax.Array,
+    target: jax.Array,
+    *,
+    epsilon: float | None = None,
+    pred_weights: jax.Array | None = None,
+    target_weights: jax.Array | None = None,
+    cost: Any = "sqeuclidean",
+    block_size: int | None = None,
+    **kwargs: Any,
+) -> jax.Array:
+    r"""Debiased Sinkhorn divergence between point sets, per example.
+
+    Args:
+      pred: ``(..., n, d)`` predicted point sets (e.g. a generator's samples).
+      target: ``(..., m, d)`` target point sets, same batch shape.
+      epsilon: absolute regularisation (cost units); ``None`` is ``0.05 * mean cost`` of each
+        example. Fix it for a loss that is comparable across steps.
+      pred_weights, target_weights: ``(..., n)`` / ``(..., m)`` weights (None = uniform).
+      cost, block_size, **kwargs: passed to :func:`otreg.sinkhorn_divergence`.
+
+    Returns:
+      ``(...)``: :math:`S_\varepsilon` of each example (see :func:`otreg.sinkhorn_divergence`);
+      gradients by the envelope theorem.
+    """
+    fn = "sinkhorn_divergence_loss"
+    pred = _checks.float_array(pred, "pred", None, fn)
+    target = _checks.float_array(target, "target", None, fn)
+    if pred.ndim < 2 or target.ndim < 2:
+        raise ValueError(f"{fn}: `pred` and `target` must have shape (..., n, d) and "
+                         f"(..., m, d); got {pred.shape} and {target.shape}.")
+    batch = pred.shape[:-2]
+    if target.shape[:-2] != batch or target.shape[-1] != pred.shape[-1]:
+        raise ValueError(f"{fn}: `target` {target.shape} must share the batch shape {batch} "
+                         f"and the dimension d = {pred.shape[-1]} of `pred` {pred.shape}.")
+    for name, w, pts in (("pred_weights", pred_weights, pred),
+                         ("target_weights", target_weights, target)):
+        if w is not None and jnp.shape(w) != pts.shape[:-1]:
+            raise ValueError(f"{fn}: `{name}` must have shape {pts.shape[:-1]}, got "
+                             f"{jnp.shape(w)}.")
+    _checks.check_epsilon(epsilon, fn)
+
+    def one(x, y, a, b):
+        return sinkhorn_divergence(x, y, a, b, epsilon=epsilon, cost=cost,
+                                   block_size=block_size, **kwargs)[0]
+
+    return _flat_map(one, batch, pred, target, pred_weights, target_weights)
+
+
+def wasserstein_label_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    cost_matrix: jax.Array,
+    *,
+    epsilon: float | None = None,
+    tol: float | None = None,
+    max_iter: int = 1_000,
+) -> jax.Array:
+    r"""Entropic Wasserstein loss between predicted class histograms and labels, per example
+    (Frogner et al. 2015, "Learning with a Wasserstein Loss").
+
+    .. math::
+        \ell = \mathrm{OT}_\varepsilon(\mathrm{softmax}(z), y)
+        = \min_{P \in U(\mathrm{softmax}(z), y)} \langle P, M\rangle + \varepsilon\,
+          \mathrm{KL}(P \,|\, \mathrm{softmax}(z) \otimes y)
+
+    with a ground metric ``M`` between classes (confusing nearby classes costs less). For a hard
+    label the plan is forced and :math:`\ell = \sum_k \mathrm{softmax}(z)_k M_{k, y}`.
+
+    Args:
+      logits: ``(..., K)`` unnormalised scores.
+      labels: ``(...)`` integer class ids, or ``(..., K)`` label histograms (rows summing to 1).
+      cost_matrix: ``(K, K)`` ground cost between classes (non-negative).
+      epsilon: absolute regularisation; ``None`` is ``0.05 * mean(cost_matrix)``.
+      tol, max_iter: Sinkhorn stopping rule (see :func:`otreg.sinkhorn`).
+
+    Returns:
+      ``(...)`` loss per example; its gradient in ``logits`` is the envelope gradient.
+    """
+    fn = "wasserstein_label_loss"
+    logits = _checks.float_array(logits, "logits", None, fn)
+    M = _checks.float_array(cost_matrix, "cost_matrix", 2, fn)
+    if logits.ndim < 1:
+        raise ValueError(f"{fn}: `logits` must have shape (..., K), got a scalar.")
+    K = logits.shape[-1]
+    if M.shape != (K, K):
+        raise ValueError(f"{fn}: `cost_matrix` must have shape ({K}, {K}) for {K} classes, "
+                         f"got {M.shape}.")
+    labels = jnp.asarray(labels)
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        if labels.shape != logits.shape[:-1]:
+            raise ValueError(f"{fn}: integer `labels` must have shape {logits.shape[:-1]}, "
+                             f"got {labels.shape}.")
+        if _checks.is_concrete(labels) and (labels.size and (int(labels.min()) < 0
+                                                             or int(labels.max()) >= K)):
+            raise ValueError(f"{fn}: `labels` must lie in [0, {K}), got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}].")
+        target = jax.nn.one_hot(labels, K, dtype=logits.dtype)
+    elif jnp.issubdtype(labels.dtype, jnp.floating):
+        if labels.shape != logits.shape:
+            raise ValueError(f"{fn}: histogram `labels` must have the shape of `logits` "
+                             f"{logits.shape}, got {labels.shape}.")
+        target = labels.astype(logits.dtype)
+    else:
+        raise TypeError(f"{fn}: `labels` must be integer class ids or float histograms, got "
+                        f"dtype {labels.dtype}.")
+    _checks.check_epsilon(epsilon, fn)
+    if _checks.is_concrete(M) and not bool(jnp.all(jnp.isfinite(M)) & jnp.all(M >= 0)):
+        raise ValueError(f"{fn}: `cost_matrix` must be finite and non-negative.")
+    probs = jax.nn.softmax(logits, axis=-1)
+    geom = CostMatrix(M)
+
+    def one(p, t):
+        return sinkhorn(geom, p, t, epsilon=epsilon, tol=tol, max_iter=max_iter).cost
+
+    return _flat_map(one, logits.shape[:-1], probs, target)

@@ -1,0 +1,96 @@
+"""Losses: batch shapes, jit/vmap/grad, agreement with single calls, closed forms, errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot
+import pytest
+
+import otreg
+from otreg import losses
+
+
+def test_divergence_loss_batch_axes(rng):
+    pred = jnp.asarray(rng.standard_normal((2, 3, 12, 2)), jnp.float32)
+    target = jnp.asarray(rng.standard_normal((2, 3, 9, 2)) + 1, jnp.float32)
+    out = losses.sinkhorn_divergence_loss(pred, target, epsilon=0.1)
+    assert out.shape == (2, 3) and out.dtype == jnp.float32
+    jitted = jax.jit(lambda p, t: losses.sinkhorn_divergence_loss(p, t, epsilon=0.1))(pred,
+                                                                                      target)
+    np.testing.assert_allclose(jitted, out, rtol=1e-5)
+    for i, j in ((0, 0), (1, 2)):
+        single = otreg.sinkhorn_divergence(pred[i, j], target[i, j], epsilon=0.1)[0]
+        np.testing.assert_allclose(out[i, j], single, rtol=1e-4, atol=1e-6)
+    vm = jax.vmap(lambda p, t: losses.sinkhorn_divergence_loss(p, t, epsilon=0.1))(pred, target)
+    np.testing.assert_allclose(vm, out, rtol=1e-4)
+    g = jax.grad(lambda p: losses.sinkhorn_divergence_loss(p, target, epsilon=0.1).mean())(pred)
+    assert g.shape == pred.shape and bool(jnp.all(jnp.isfinite(g)))
+    assert float(losses.sinkhorn_divergence_loss(pred[0, 0], pred[0, 0], epsilon=0.1)) < 1e-4
+
+
+def test_divergence_loss_errors():
+    with pytest.raises(ValueError, match="batch shape"):
+        losses.sinkhorn_divergence_loss(jnp.ones((2, 4, 2)), jnp.ones((3, 4, 2)))
+    with pytest.raises(ValueError, match="dimension d"):
+        losses.sinkhorn_divergence_loss(jnp.ones((4, 2)), jnp.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"\(\.\.\., n, d\)"):
+        losses.sinkhorn_divergence_loss(jnp.ones(4), jnp.ones(4))
+    with pytest.raises(ValueError, match="pred_weights"):
+        losses.sinkhorn_divergence_loss(jnp.ones((4, 2)), jnp.ones((4, 2)),
+                                        pred_weights=jnp.ones(3) / 3)
+    with pytest.raises(ValueError, match="epsilon"):
+        losses.sinkhorn_divergence_loss(jnp.ones((4, 2)), jnp.ones((4, 2)), epsilon=-1.0)
+
+
+def _ground_metric(K):
+    k = np.arange(K, dtype=np.float64)
+    return np.abs(k[:, None] - k[None, :])
+
+
+def test_label_loss_hard_labels_closed_form(rng):
+    K = 6
+    M = jnp.asarray(_ground_metric(K), jnp.float32)
+    logits = jnp.asarray(rng.standard_normal((4, 5, K)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, K, (4, 5)))
+    out = losses.wasserstein_label_loss(logits, labels, M, epsilon=0.05)
+    probs = jax.nn.softmax(logits, -1)
+    closed = jnp.sum(probs * M[:, labels].transpose(1, 2, 0), -1)  # sum_k p_k M[k, y]
+    assert out.shape == (4, 5)
+    np.testing.assert_allclose(out, closed, rtol=1e-4, atol=1e-5)
+    g = jax.grad(lambda z: losses.wasserstein_label_loss(z, labels, M, epsilon=0.05).sum())(logits)
+    g_closed = jax.grad(lambda z: jnp.sum(jax.nn.softmax(z, -1) *
+                                          M[:, labels].transpose(1, 2, 0)))(logits)
+    np.testing.assert_allclose(g, g_closed, atol=1e-4)
+
+
+def test_label_loss_soft_labels_vs_pot(rng, x64):
+    K = 7
+    M = _ground_metric(K) / K
+    logits = rng.standard_normal((3, K))
+    soft = rng.dirichlet(np.ones(K), 3)
+    out = jax.jit(lambda z, s: losses.wasserstein_label_loss(z, s, jnp.asarray(M), epsilon=0.1,
+                                                            tol=1e-10))(logits, soft)
+    for i in range(3):
+        p = np.exp(logits[i]) / np.exp(logits[i]).sum()
+        P = ot.sinkhorn(p, soft[i], M, 0.1, method="sinkhorn_log", stopThr=1e-13,
+                        numItermax=100_000)
+        ref = (P * M).sum() + 0.1 * (P * np.log(P / np.outer(p, soft[i]))).sum()
+        np.testing.assert_allclose(out[i], ref, rtol=1e-7)
+
+
+def test_label_loss_errors_and_no_nan():
+    M = jnp.asarray(_ground_metric(3), jnp.float32)
+    with pytest.raises(ValueError, match="cost_matrix"):
+        losses.wasserstein_label_loss(jnp.zeros((2, 3)), jnp.zeros(2, int), jnp.ones((4, 4)))
+    with pytest.raises(ValueError, match=r"lie in \[0, 3\)"):
+        losses.wasserstein_label_loss(jnp.zeros((2, 3)), jnp.array([0, 3]), M)
+    with pytest.raises(ValueError, match="shape"):
+        losses.wasserstein_label_loss(jnp.zeros((2, 3)), jnp.zeros(3, int), M)
+    with pytest.raises(TypeError, match="integer class ids"):
+        losses.wasserstein_label_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3), bool), M)
+    logits = jnp.array([[80.0, -80.0, 0.0], [0.0, 0.0, 0.0]])  # softmax underflows to 0
+    val, g = jax.value_and_grad(lambda z: losses.wasserstein_label_loss(
+        z, jnp.array([2, 0]), M, epsilon=1e-3).sum())(logits)
+    assert bool(jnp.isfinite(val)) and bool(jnp.all(jnp.isfinite(g)))
