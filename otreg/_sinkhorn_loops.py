@@ -152,10 +152,11 @@ def unrolled_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progr
     """:func:`log_loop` as a ``lax.scan`` (reverse-mode differentiable): one step per block,
     skipped by ``lax.cond`` once stopped, each block under ``jax.checkpoint`` so that memory is
     O(blocks * (n + m)) rather than O(iterations * n * m)."""
-    body = jax.checkpoint(_log_body(pb, check_every, progress))
+    body = _log_body(pb, check_every, progress)
     cond = _cond(max_iter)
     n_blocks = -(-max_iter // check_every) + 64  # + the one-sweep annealing stages (<= 64)
 
+    @jax.checkpoint  # the whole step, so the scan keeps only its carry per step
     def step(s, _):
         return jax.lax.cond(cond(s), body, lambda s: s, s), None
 
