@@ -101,7 +101,7 @@ def _validate_geometry_values(geom) -> None:
     leaves = (geom.cost_matrix,) if isinstance(geom, CostMatrix) else (geom.x, geom.y)
     if _checks.is_concrete(*leaves):
         for leaf in leaves:
-            if not bool(jnp.all(jnp.isfinite(leaf))):
+            if not bool(jnp.isfinite(jnp.max(jnp.abs(leaf)))):  # NaN/inf propagate; 1 pass
                 what = "cost matrix" if isinstance(geom, CostMatrix) else "point cloud"
                 raise ValueError(f"sinkhorn: the {what} contains NaN or inf; remove them (an "
                                  f"infinite cost is not supported: use a large finite cost).")
@@ -109,11 +109,11 @@ def _validate_geometry_values(geom) -> None:
 
 def _repair_geometry(geom):
     """In-graph: non-finite costs/points read as finite values. Returns (geom, ok, cost stats)
-    where the stats are ``(max C, mean C)`` thunks that reuse the passes already made."""
+    where the stats are ``(max |C|, mean C)`` thunks that reuse the passes already made."""
     if isinstance(geom, CostMatrix):  # non-finite entries read as the largest finite cost
         C = geom.cost_matrix
-        hi, lo = jnp.max(C), jnp.min(C)  # NaN and +-inf propagate: two fast reductions
-        ok = jnp.isfinite(hi) & jnp.isfinite(lo)
+        hi = jnp.max(jnp.abs(C))  # NaN and +-inf propagate: one fast reduction
+        ok = jnp.isfinite(hi)
         big = jax.lax.cond(ok, lambda: hi, lambda: jnp.max(jnp.where(jnp.isfinite(C), C,
                                                                       -jnp.inf)))
         big = jnp.where(jnp.isfinite(big), big, 0.0)
@@ -190,7 +190,9 @@ def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, dec
     return SinkhornResult(
         cost=cast(cost), f=cast(f), g=cast(g), converged=state.done & ~state.failed,
         n_iters=state.it, error=cast(state.err), errors=cast(state.errors),
-        status=loops.final_status(state, status), geom=geom, a=a, b=b, epsilon=eps)
+        status=loops.final_status(state, status), a=a, b=b, epsilon=eps,
+        # a CostMatrix leaves as its fill value only: returning C would copy n x m each call
+        geom=geom.fill if isinstance(geom, CostMatrix) else geom)
 
 
 def sinkhorn(
@@ -303,7 +305,10 @@ def sinkhorn(
         progress = None
     elif not callable(progress):
         raise TypeError(f"{fn}: `progress` must be a bool or a callable, got {progress!r}.")
-    return _solve(geom, a, b, epsilon, tol, init, cg_tol=float(cg_tol), max_iter=max_iter,
-                  check_every=check_every, anneal=anneal, decay=float(anneal_decay),
-                  progress=progress, mode=mode, implicit_diff=implicit_diff,
-                  cg_max_iter=cg_max_iter)
+    res = _solve(geom, a, b, epsilon, tol, init, cg_tol=float(cg_tol), max_iter=max_iter,
+                 check_every=check_every, anneal=anneal, decay=float(anneal_decay),
+                 progress=progress, mode=mode, implicit_diff=implicit_diff,
+                 cg_max_iter=cg_max_iter)
+    if isinstance(geom, CostMatrix):  # re-attach the caller's C (no copy) with the repair fill
+        res = res._replace(geom=CostMatrix(geom.cost_matrix.astype(res.geom.dtype), res.geom))
+    return res
