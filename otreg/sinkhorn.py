@@ -96,23 +96,29 @@ def _default_progress(it, err, eps):
           flush=True)
 
 
-def _validate_geometry_values(geom) -> None:
-    """Concrete inputs: non-finite costs or points raise."""
+_max_abs = jax.jit(lambda z: jnp.max(jnp.abs(z)))  # one fused pass; NaN and inf propagate
+
+
+def _validate_geometry_values(geom):
+    """Concrete inputs: non-finite costs or points raise. Returns max |C| for a concrete cost
+    matrix (reused by the solve instead of another pass), else None."""
     leaves = (geom.cost_matrix,) if isinstance(geom, CostMatrix) else (geom.x, geom.y)
-    if _checks.is_concrete(*leaves):
-        for leaf in leaves:
-            if not bool(jnp.isfinite(jnp.max(jnp.abs(leaf)))):  # NaN/inf propagate; 1 pass
-                what = "cost matrix" if isinstance(geom, CostMatrix) else "point cloud"
-                raise ValueError(f"sinkhorn: the {what} contains NaN or inf; remove them (an "
-                                 f"infinite cost is not supported: use a large finite cost).")
+    if not _checks.is_concrete(*leaves):
+        return None
+    peaks = [_max_abs(leaf) for leaf in leaves]
+    if not all(bool(jnp.isfinite(p)) for p in peaks):
+        what = "cost matrix" if isinstance(geom, CostMatrix) else "point cloud"
+        raise ValueError(f"sinkhorn: the {what} contains NaN or inf; remove them (an "
+                         f"infinite cost is not supported: use a large finite cost).")
+    return peaks[0] if isinstance(geom, CostMatrix) else None
 
 
-def _repair_geometry(geom):
+def _repair_geometry(geom, max_abs=None):
     """In-graph: non-finite costs/points read as finite values. Returns (geom, ok, cost stats)
     where the stats are ``(max |C|, mean C)`` thunks that reuse the passes already made."""
     if isinstance(geom, CostMatrix):  # non-finite entries read as the largest finite cost
         C = geom.cost_matrix
-        hi = jnp.max(jnp.abs(C))  # NaN and +-inf propagate: one fast reduction
+        hi = jnp.max(jnp.abs(C)) if max_abs is None else max_abs.astype(C.dtype)  # NaN/inf
         ok = jnp.isfinite(hi)
         big = jax.lax.cond(ok, lambda: hi, lambda: jnp.max(jnp.where(jnp.isfinite(C), C,
                                                                       -jnp.inf)))
@@ -130,14 +136,14 @@ def _repair_geometry(geom):
 @functools.partial(jax.jit, static_argnames=("max_iter", "check_every", "anneal", "decay",
                                              "progress", "mode", "implicit_diff", "cg_tol",
                                              "cg_max_iter"))
-def _solve(geom, a, b, epsilon, tol, init, *, max_iter, check_every, anneal, decay,
+def _solve(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, anneal, decay,
            progress, mode, implicit_diff, cg_tol, cg_max_iter):
     in_dtype = geom.dtype
     dtype = jnp.float64 if in_dtype == jnp.float64 else jnp.float32
     geom = geom.astype(dtype) if in_dtype != dtype else geom
     a, b = a.astype(dtype), b.astype(dtype)
     a, b, status = _checks.repair_weights(a, b)
-    geom, finite, max_cost, mean_cost = _repair_geometry(geom)
+    geom, finite, max_cost, mean_cost = _repair_geometry(geom, max_abs)
     status = jnp.where(finite, status, Status.NONFINITE_INPUT)
 
     live = geom.materialize()  # dense clouds become C(x, y): differentiable in x, y
@@ -270,7 +276,7 @@ def sinkhorn(
     a = _checks.check_weights(a, n, "a", dtype, fn)
     b = _checks.check_weights(b, m, "b", dtype, fn)
     _checks.check_weight_values(a, b, fn)
-    _validate_geometry_values(geom)
+    max_abs = _validate_geometry_values(geom)
     _checks.check_epsilon(epsilon, fn)
     tol = (1e-6 if dtype == jnp.float64 else 1e-3) if tol is None else tol
     _checks.check_positive_float(tol, "tol", fn)
@@ -305,7 +311,7 @@ def sinkhorn(
         progress = None
     elif not callable(progress):
         raise TypeError(f"{fn}: `progress` must be a bool or a callable, got {progress!r}.")
-    res = _solve(geom, a, b, epsilon, tol, init, cg_tol=float(cg_tol), max_iter=max_iter,
+    res = _solve(geom, a, b, epsilon, tol, init, max_abs, cg_tol=float(cg_tol), max_iter=max_iter,
                  check_every=check_every, anneal=anneal, decay=float(anneal_decay),
                  progress=progress, mode=mode, implicit_diff=implicit_diff,
                  cg_max_iter=cg_max_iter)

@@ -17,9 +17,11 @@ def test_demo_prints_table(capsys):
     out = capsys.readouterr().out
     assert "method" in out and "converged" in out
     rows = [line for line in out.splitlines() if line.startswith("sinkhorn")]
-    assert len(rows) == 3 and all(line.rstrip().endswith("True") for line in rows)
-    values = {float(line.split()[-4]) for line in rows}
+    assert len(rows) == 4 and all(line.rstrip().endswith("True") for line in rows)
+    values = {float(line.split()[-4]) for line in rows if "divergence" not in line}
     assert max(values) - min(values) < 1e-4 * max(values)
+    div = [float(line.split()[-4]) for line in rows if "divergence" in line][0]
+    assert 0 <= div < min(values)  # debiasing removes the entropic self-transport terms
 
 
 @pytest.mark.parametrize("ext", ["npy", "npz", "csv"])
