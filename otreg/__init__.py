@@ -8,7 +8,9 @@ from otreg import costs, losses
 from otreg.divergence import DivergenceAux, sinkhorn_divergence
 from otreg.geometry import CostMatrix, PointCloud
 from otreg.sinkhorn import SinkhornResult, sinkhorn
+from otreg.sliced import sliced_w2
 from otreg.status import Status, explain
+from otreg.univariate import wasserstein_1d
 
 __version__ = "0.1.0"
 
@@ -23,5 +25,7 @@ __all__ = [
     "losses",
     "sinkhorn",
     "sinkhorn_divergence",
+    "sliced_w2",
+    "wasserstein_1d",
     "__version__",
 ]
