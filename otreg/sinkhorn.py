@@ -106,7 +106,7 @@ def _validate_geometry_values(geom):
     if not _checks.is_concrete(*leaves):
         return None
     peaks = [_max_abs(leaf) for leaf in leaves]
-    if not all(bool(jnp.isfinite(p)) for p in peaks):
+    if not all(np.isfinite(float(p)) for p in peaks):
         what = "cost matrix" if isinstance(geom, CostMatrix) else "point cloud"
         raise ValueError(f"sinkhorn: the {what} contains NaN or inf; remove them (an "
                          f"infinite cost is not supported: use a large finite cost).")
@@ -141,7 +141,9 @@ def _solve(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, an
     in_dtype = geom.dtype
     dtype = jnp.float64 if in_dtype == jnp.float64 else jnp.float32
     geom = geom.astype(dtype) if in_dtype != dtype else geom
-    a, b = a.astype(dtype), b.astype(dtype)
+    n, m = geom.shape
+    a = jnp.full((n,), 1.0 / n, dtype) if a is None else a.astype(dtype)
+    b = jnp.full((m,), 1.0 / m, dtype) if b is None else b.astype(dtype)
     a, b, status = _checks.repair_weights(a, b)
     geom, finite, max_cost, mean_cost = _repair_geometry(geom, max_abs)
     status = jnp.where(finite, status, Status.NONFINITE_INPUT)
@@ -272,10 +274,11 @@ def sinkhorn(
     fn = "sinkhorn"
     geom = as_geometry(geom, fn)
     n, m = geom.shape
-    dtype = _checks.compute_dtype(jnp.zeros((), geom.dtype))
-    a = _checks.check_weights(a, n, "a", dtype, fn)
-    b = _checks.check_weights(b, m, "b", dtype, fn)
-    _checks.check_weight_values(a, b, fn)
+    dtype = jnp.dtype(jnp.float64 if geom.dtype == jnp.float64 else jnp.float32)
+    if a is not None or b is not None:  # None: uniform, built inside the solve (no checks)
+        a = _checks.check_weights(a, n, "a", dtype, fn)
+        b = _checks.check_weights(b, m, "b", dtype, fn)
+        _checks.check_weight_values(a, b, fn)
     max_abs = _validate_geometry_values(geom)
     _checks.check_epsilon(epsilon, fn)
     tol = (1e-6 if dtype == jnp.float64 else 1e-3) if tol is None else tol
@@ -316,5 +319,7 @@ def sinkhorn(
                  progress=progress, mode=mode, implicit_diff=implicit_diff,
                  cg_max_iter=cg_max_iter)
     if isinstance(geom, CostMatrix):  # re-attach the caller's C (no copy) with the repair fill
-        res = res._replace(geom=CostMatrix(geom.cost_matrix.astype(res.geom.dtype), res.geom))
+        C = geom.cost_matrix
+        C = C if C.dtype == res.geom.dtype else C.astype(res.geom.dtype)
+        res = res._replace(geom=CostMatrix(C, res.geom))
     return res
