@@ -43,6 +43,12 @@ def _sinkhorn_rows(x, y, epsilon):
     (val, aux), dt = _timed(lambda: div(xj, yj))
     rows.append(("sinkhorn_divergence (debiased)", float(val), int(aux.n_iters.sum()), dt,
                  bool(aux.converged)))
+    for cv in (None, "upper"):
+        sw = jax.jit(lambda x, y, cv=cv: otreg.sliced_w2(x / s, y / s, key=jax.random.PRNGKey(0),
+                                                        n_projections=100, control_variate=cv,
+                                                        squared=True))
+        val, dt = _timed(lambda sw=sw: sw(xj, yj))
+        rows.append((f"sliced_w2^2 (L=100, control variate: {cv})", float(val), 100, dt, True))
     return rows
 
 

@@ -17,8 +17,9 @@ from otreg import _checks
 from otreg.divergence import sinkhorn_divergence
 from otreg.geometry import CostMatrix
 from otreg.sinkhorn import sinkhorn
+from otreg.sliced import sliced_w2
 
-__all__ = ["sinkhorn_divergence_loss", "wasserstein_label_loss"]
+__all__ = ["sinkhorn_divergence_loss", "sliced_w2_loss", "wasserstein_label_loss"]
 
 
 def _flat_map(fn, batch_shape, *arrays):
@@ -79,6 +80,48 @@ def sinkhorn_divergence_loss(
                                    block_size=block_size, **kwargs)[0]
 
     return _flat_map(one, batch, pred, target, pred_weights, target_weights)
+
+
+def sliced_w2_loss(
+    pred: jax.Array,
+    target: jax.Array,
+    *,
+    key: jax.Array | None = None,
+    n_projections: int = 128,
+    control_variate: str | None = "upper",
+    squared: bool = False,
+    **kwargs: Any,
+) -> jax.Array:
+    r"""Sliced Wasserstein-2 between point sets, per example (see :func:`otreg.sliced_w2`).
+
+    Args:
+      pred: ``(..., n, d)`` point sets; target: ``(..., m, d)``, same batch shape.
+      key: PRNG key; every example gets its own directions (``key`` split over the batch).
+        ``None`` is a fixed key: the same directions at every step (pass a fresh key per step
+        for unbiased stochastic gradients).
+      n_projections, control_variate, squared, **kwargs: as in :func:`otreg.sliced_w2`.
+
+    Returns:
+      ``(...)`` per-example :math:`\widehat{SW}_2` (or its square).
+    """
+    fn = "sliced_w2_loss"
+    pred = _checks.float_array(pred, "pred", None, fn)
+    target = _checks.float_array(target, "target", None, fn)
+    if pred.ndim < 2 or target.ndim < 2:
+        raise ValueError(f"{fn}: `pred` and `target` must have shape (..., n, d) and "
+                         f"(..., m, d); got {pred.shape} and {target.shape}.")
+    batch = pred.shape[:-2]
+    if target.shape[:-2] != batch or target.shape[-1] != pred.shape[-1]:
+        raise ValueError(f"{fn}: `target` {target.shape} must share the batch shape {batch} "
+                         f"and the dimension d = {pred.shape[-1]} of `pred` {pred.shape}.")
+    key = jax.random.PRNGKey(0) if key is None else key
+    keys = jax.random.split(key, max(math.prod(batch), 1)).reshape(batch + key.shape)
+
+    def one(x, y, k):
+        return sliced_w2(x, y, key=k, n_projections=n_projections,
+                         control_variate=control_variate, squared=squared, **kwargs)
+
+    return _flat_map(one, batch, pred, target, keys)
 
 
 def wasserstein_label_loss(

@@ -16,6 +16,7 @@ def test_demo_prints_table(capsys):
     assert cli.main(["demo", "--n", "200"]) == 0
     out = capsys.readouterr().out
     assert "method" in out and "converged" in out
+    assert sum(line.startswith("sliced_w2") for line in out.splitlines()) == 2
     rows = [line for line in out.splitlines() if line.startswith("sinkhorn")]
     assert len(rows) == 4 and all(line.rstrip().endswith("True") for line in rows)
     values = {float(line.split()[-4]) for line in rows if "divergence" not in line}

@@ -94,3 +94,20 @@ def test_label_loss_errors_and_no_nan():
     val, g = jax.value_and_grad(lambda z: losses.wasserstein_label_loss(
         z, jnp.array([2, 0]), M, epsilon=1e-3).sum())(logits)
     assert bool(jnp.isfinite(val)) and bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_sliced_loss_batch_and_errors(rng):
+    pred = jnp.asarray(rng.standard_normal((2, 3, 20, 2)), jnp.float32)
+    target = jnp.asarray(rng.standard_normal((2, 3, 15, 2)) + 1, jnp.float32)
+    key = jax.random.PRNGKey(1)
+    out = losses.sliced_w2_loss(pred, target, key=key, n_projections=32)
+    assert out.shape == (2, 3) and bool(jnp.all(out > 0))
+    keys = jax.random.split(key, 6).reshape(2, 3, -1)
+    np.testing.assert_allclose(out[1, 2], otreg.sliced_w2(pred[1, 2], target[1, 2], key=keys[1, 2],
+                                                          n_projections=32), rtol=1e-5)
+    g = jax.jit(jax.grad(lambda p: losses.sliced_w2_loss(p, target, key=key).mean()))(pred)
+    assert bool(jnp.all(jnp.isfinite(g)))
+    with pytest.raises(ValueError, match="batch shape"):
+        losses.sliced_w2_loss(pred, target[0])
+    with pytest.raises(ValueError, match="n_projections"):
+        losses.sliced_w2_loss(pred, target, n_projections=0)
