@@ -22,7 +22,7 @@ import numpy as np
 from otreg import _checks
 from otreg._math import safe_pow
 
-__all__ = ["wasserstein_1d", "argsort"]
+__all__ = ["wasserstein_1d", "argsort", "sort_values"]
 
 
 def _host_argsort(x):
@@ -39,6 +39,45 @@ def argsort(x: jax.Array, sort: str = "auto") -> jax.Array:
     out = jax.ShapeDtypeStruct(x.shape, jnp.int32)
     return jax.pure_callback(_host_argsort, out, jax.lax.stop_gradient(x),
                              vmap_method="expand_dims")
+
+
+def _host_sort(x):
+    return np.sort(np.asarray(x), axis=-1, kind="quicksort")
+
+
+def _host_unsort(x, ct):
+    """Cotangent of ``sort(x)`` scattered back through the sorting permutation (on the host)."""
+    x, ct = np.asarray(x), np.asarray(ct)
+    out = np.empty_like(ct)
+    np.put_along_axis(out, np.argsort(x, axis=-1, kind="quicksort"), ct, axis=-1)
+    return out
+
+
+@jax.custom_vjp
+def _host_sorted(x):
+    """``sort(x)`` on the host (``np.sort``: no permutation in the forward pass); the backward
+    pass computes the permutation and scatters the cotangent through it."""
+    return jax.pure_callback(_host_sort, jax.ShapeDtypeStruct(x.shape, x.dtype), x,
+                             vmap_method="expand_dims")
+
+
+def _host_sorted_fwd(x):
+    return _host_sorted(x), x
+
+
+def _host_sorted_bwd(x, ct):
+    return (jax.pure_callback(_host_unsort, jax.ShapeDtypeStruct(x.shape, x.dtype), x, ct,
+                              vmap_method="expand_dims"),)
+
+
+_host_sorted.defvjp(_host_sorted_fwd, _host_sorted_bwd)
+
+
+def sort_values(x: jax.Array, sort: str = "auto") -> jax.Array:
+    """``x`` sorted along its last axis, differentiable (cotangents follow the permutation)."""
+    if sort == "auto":
+        sort = "host" if jax.default_backend() == "cpu" else "xla"
+    return _host_sorted(x) if sort == "host" else jnp.sort(x, axis=-1)
 
 
 def _sorted(x, sort):
@@ -108,9 +147,8 @@ def wasserstein_1d(
                     jnp.all(jnp.isfinite(w))) or bool(jnp.any(jnp.sum(w, -1) <= 0))):
                 raise ValueError(f"{fn}: `{name}` must be finite, non-negative and sum to > 0.")
     if u_weights is None and v_weights is None and u.shape[-1] == v.shape[-1]:
-        us, _ = _sorted(u, sort)
-        vs, _ = _sorted(v, sort)
-        return jnp.mean(safe_pow(jnp.abs(us - vs), p), axis=-1)
+        diff = sort_values(u, sort) - sort_values(v, sort)
+        return jnp.mean(diff * diff if p == 2 else safe_pow(jnp.abs(diff), p), axis=-1)
     uw = jnp.ones_like(u) if u_weights is None else jnp.asarray(u_weights, dtype)
     vw = jnp.ones_like(v) if v_weights is None else jnp.asarray(v_weights, dtype)
     return _quantile_w(u, v, uw, vw, float(p), sort)
