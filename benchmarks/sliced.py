@@ -128,17 +128,41 @@ def variance(args):
               f"{pot1 / min(to1.values()):.0f} |", flush=True)
 
 
+def variance_vs_L(args):
+    """Relative std of SW_2^2 over keys as L grows (the paper's variance-vs-L comparison)."""
+    import jax
+    import jax.numpy as jnp
+
+    import otreg
+    rng = np.random.default_rng(3)
+    keys = jax.random.split(jax.random.PRNGKey(4), args.keys)
+    print(f"## relative std of SW_2^2 vs L ({args.keys} keys)\n| data | L | plain MC | lower | "
+          "upper |\n|---|---|---|---|---|", flush=True)
+    for kind in ("gauss3", "sphere_torus_shifted"):
+        x, y = (jnp.asarray(z, jnp.float32) for z in clouds(kind, rng))
+        for L in (2, 10, 100, 1000):
+            row = []
+            for cv in (None, "lower", "upper"):
+                f = jax.jit(jax.vmap(lambda k, cv=cv, L=L: otreg.sliced_w2(
+                    x, y, key=k, n_projections=L, control_variate=cv, squared=True)))
+                v = np.asarray(f(keys), np.float64)
+                row.append(v.std() / v.mean())
+            print(f"| {kind} | {L} | " + " | ".join(f"{r:.2e}" for r in row) + " |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--d", type=int, nargs="+", default=[3, 64, 784])
     ap.add_argument("--L", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--keys", type=int, default=500)
-    ap.add_argument("--only", choices=["timing", "variance"], default=None)
+    ap.add_argument("--only", choices=["timing", "variance", "variance_L"], default=None)
     args = ap.parse_args()
     if args.only in (None, "timing"):
         timing(args)
     if args.only in (None, "variance"):
         variance(args)
+    if args.only in (None, "variance_L"):
+        variance_vs_L(args)
 
 
 if __name__ == "__main__":
