@@ -19,8 +19,8 @@ from otreg.status import Status
 
 __all__ = [
     "is_concrete", "float_array", "compute_dtype", "check_points", "check_weights",
-    "check_weight_values", "check_epsilon", "check_positive_int", "check_positive_float",
-    "check_option", "repair_weights",
+    "check_weight_values", "check_weight_vector", "check_epsilon", "check_positive_int",
+    "check_positive_float", "check_option", "repair_weights",
 ]
 
 
@@ -80,19 +80,27 @@ def _mass_rtol(dtype) -> float:
     return 1e-4 if jnp.dtype(dtype) == jnp.float32 else 1e-8
 
 
+def check_weight_vector(w: Any, name: str, fn: str = "otreg") -> None:
+    """On a concrete array: finite, non-negative, positive mass along the last axis."""
+    if w is None or not is_concrete(w):
+        return
+    wn = np.asarray(w)
+    if not np.all(np.isfinite(wn)):
+        raise ValueError(f"{fn}: `{name}` contains NaN or inf; pass finite weights.")
+    if np.any(wn < 0):
+        raise ValueError(f"{fn}: `{name}` has negative entries (min {wn.min():.3g}); "
+                         f"weights must be >= 0.")
+    if np.any(wn.sum(axis=-1) <= 0):
+        raise ValueError(f"{fn}: `{name}` sums to {wn.sum(axis=-1).min():.3g}; weights need "
+                         f"positive mass.")
+
+
 def check_weight_values(a: jax.Array, b: jax.Array, fn: str = "otreg") -> None:
     """On concrete inputs, raise if a weight is negative/non-finite or if the masses differ."""
     if not is_concrete(a, b):
         return
-    for name, w in (("a", a), ("b", b)):
-        wn = np.asarray(w)
-        if not np.all(np.isfinite(wn)):
-            raise ValueError(f"{fn}: `{name}` contains NaN or inf; pass finite weights.")
-        if np.any(wn < 0):
-            raise ValueError(f"{fn}: `{name}` has negative entries (min {wn.min():.3g}); "
-                             f"weights must be >= 0.")
-        if wn.sum() <= 0:
-            raise ValueError(f"{fn}: `{name}` sums to {wn.sum():.3g}; weights need positive mass.")
+    check_weight_vector(a, "a", fn)
+    check_weight_vector(b, "b", fn)
     ma, mb = float(np.sum(np.asarray(a, np.float64))), float(np.sum(np.asarray(b, np.float64)))
     if abs(ma - mb) > _mass_rtol(a.dtype) * max(ma, mb):
         raise ValueError(f"{fn}: `a` sums to {ma:.8g} but `b` sums to {mb:.8g}; balanced OT needs "

@@ -33,6 +33,20 @@ def _flat_map(fn, batch_shape, *arrays):
     return jax.vmap(fn, in_axes=axes)(*flat).reshape(batch_shape)
 
 
+def _point_sets(pred, target, fn):
+    """Check ``(..., n, d)`` and ``(..., m, d)`` point sets; returns them and the batch shape."""
+    pred = _checks.float_array(pred, "pred", None, fn)
+    target = _checks.float_array(target, "target", None, fn)
+    if pred.ndim < 2 or target.ndim < 2:
+        raise ValueError(f"{fn}: `pred` and `target` must have shape (..., n, d) and "
+                         f"(..., m, d); got {pred.shape} and {target.shape}.")
+    batch = pred.shape[:-2]
+    if target.shape[:-2] != batch or target.shape[-1] != pred.shape[-1]:
+        raise ValueError(f"{fn}: `target` {target.shape} must share the batch shape {batch} "
+                         f"and the dimension d = {pred.shape[-1]} of `pred` {pred.shape}.")
+    return pred, target, batch
+
+
 def sinkhorn_divergence_loss(
     pred: jax.Array,
     target: jax.Array,
@@ -59,15 +73,7 @@ def sinkhorn_divergence_loss(
       gradients by the envelope theorem.
     """
     fn = "sinkhorn_divergence_loss"
-    pred = _checks.float_array(pred, "pred", None, fn)
-    target = _checks.float_array(target, "target", None, fn)
-    if pred.ndim < 2 or target.ndim < 2:
-        raise ValueError(f"{fn}: `pred` and `target` must have shape (..., n, d) and "
-                         f"(..., m, d); got {pred.shape} and {target.shape}.")
-    batch = pred.shape[:-2]
-    if target.shape[:-2] != batch or target.shape[-1] != pred.shape[-1]:
-        raise ValueError(f"{fn}: `target` {target.shape} must share the batch shape {batch} "
-                         f"and the dimension d = {pred.shape[-1]} of `pred` {pred.shape}.")
+    pred, target, batch = _point_sets(pred, target, fn)
     for name, w, pts in (("pred_weights", pred_weights, pred),
                          ("target_weights", target_weights, target)):
         if w is not None and jnp.shape(w) != pts.shape[:-1]:
@@ -105,15 +111,7 @@ def sliced_w2_loss(
       ``(...)`` per-example :math:`\widehat{SW}_2` (or its square).
     """
     fn = "sliced_w2_loss"
-    pred = _checks.float_array(pred, "pred", None, fn)
-    target = _checks.float_array(target, "target", None, fn)
-    if pred.ndim < 2 or target.ndim < 2:
-        raise ValueError(f"{fn}: `pred` and `target` must have shape (..., n, d) and "
-                         f"(..., m, d); got {pred.shape} and {target.shape}.")
-    batch = pred.shape[:-2]
-    if target.shape[:-2] != batch or target.shape[-1] != pred.shape[-1]:
-        raise ValueError(f"{fn}: `target` {target.shape} must share the batch shape {batch} "
-                         f"and the dimension d = {pred.shape[-1]} of `pred` {pred.shape}.")
+    pred, target, batch = _point_sets(pred, target, fn)
     key = jax.random.PRNGKey(0) if key is None else key
     keys = jax.random.split(key, max(math.prod(batch), 1)).reshape(batch + key.shape)
 

@@ -114,12 +114,8 @@ def sliced_w2(
     m = y.shape[0]
     a = _checks.check_weights(a, n, "a", dtype, fn)
     b = _checks.check_weights(b, m, "b", dtype, fn)
-    if _checks.is_concrete(a, b):
-        for name, w in (("a", a), ("b", b)):
-            if bool(jnp.any(w < 0)) or not bool(jnp.all(jnp.isfinite(w))) or float(
-                    jnp.sum(w)) <= 0:
-                raise ValueError(f"{fn}: `{name}` must be finite, non-negative, with positive "
-                                 f"mass.")
+    _checks.check_weight_vector(a, "a", fn)
+    _checks.check_weight_vector(b, "b", fn)
     n_projections = _checks.check_positive_int(n_projections, "n_projections", fn)
     _checks.check_option(control_variate, "control_variate", ("upper", "lower", None), fn)
     _checks.check_option(directions, "directions", ("gaussian", "orthogonal"), fn)

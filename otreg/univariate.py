@@ -143,9 +143,7 @@ def wasserstein_1d(
             w = _checks.float_array(w, name, None, fn)
             if w.shape != z.shape:
                 raise ValueError(f"{fn}: `{name}` must have shape {z.shape}, got {w.shape}.")
-            if _checks.is_concrete(w) and (bool(jnp.any(w < 0)) or not bool(
-                    jnp.all(jnp.isfinite(w))) or bool(jnp.any(jnp.sum(w, -1) <= 0))):
-                raise ValueError(f"{fn}: `{name}` must be finite, non-negative and sum to > 0.")
+            _checks.check_weight_vector(w, name, fn)
     if u_weights is None and v_weights is None and u.shape[-1] == v.shape[-1]:
         diff = sort_values(u, sort) - sort_values(v, sort)
         return jnp.mean(diff * diff if p == 2 else safe_pow(jnp.abs(diff), p), axis=-1)
