@@ -223,16 +223,10 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
         f, g = gauge(s.f + eps * jnp.log(st.u), s.g + eps * jnp.log(st.v), a, b)
         return st.outer._replace(f=f, g=g)
 
-    def log_block(s: LoopState):
-        eps = stage_eps(pb, s.stage)
-        n = block_length(pb, s.stage, check_every)
-        f, g, ratio, err = _log_sweeps(pb, s.f, s.g, _row_lse(pb, s.g, eps), eps, n,
-                                       check_every)
-        good = _finite(f, g, err)
-        new = _record(s, pb, f, g, ratio, err, n, check_every, progress, eps)
-        return jax.tree_util.tree_map(
-            lambda x, y: jnp.where(good, x, y), new._replace(use_log=jnp.array(False)),
-            s._replace(failed=jnp.array(True)))
+    log_body = _log_body(pb, check_every, progress)
+
+    def log_block(s: LoopState):  # one log-domain block, then back to the kernel
+        return log_body(s)._replace(use_log=jnp.array(False))
 
     def body(s: LoopState):
         return jax.lax.cond(s.use_log, log_block, kernel_block, s)

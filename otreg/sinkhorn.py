@@ -192,7 +192,6 @@ def _solve(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, an
     f, g = loops.gauge(f, g, a, b)
 
     eps_live = eps if epsilon is None else jnp.asarray(epsilon, dtype)
-    sg = jax.lax.stop_gradient
     cost = implicit.envelope_value(live, a, b, eps_live, sg(f), sg(g), sg(state.ratio))
     cast = (lambda z: z.astype(in_dtype)) if in_dtype != dtype else (lambda z: z)
     return SinkhornResult(
