@@ -7,7 +7,8 @@ Pure, jittable, vmappable, differentiable functions; float32 by default, float64
 from otreg import costs, losses
 from otreg.divergence import DivergenceAux, sinkhorn_divergence
 from otreg.geometry import CostMatrix, PointCloud
-from otreg.sinkhorn import SinkhornResult, sinkhorn
+from otreg.newton import sns
+from otreg.sinkhorn import SinkhornResult, SolverStats, sinkhorn
 from otreg.sliced import sliced_w2
 from otreg.status import Status, explain
 from otreg.univariate import wasserstein_1d
@@ -19,6 +20,7 @@ __all__ = [
     "DivergenceAux",
     "PointCloud",
     "SinkhornResult",
+    "SolverStats",
     "Status",
     "costs",
     "explain",
@@ -26,6 +28,7 @@ __all__ = [
     "sinkhorn",
     "sinkhorn_divergence",
     "sliced_w2",
+    "sns",
     "wasserstein_1d",
     "__version__",
 ]

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["safe_sqrt", "safe_norm", "safe_log", "safe_pow", "logsumexp", "tiny_exponent"]
+__all__ = ["safe_sqrt", "safe_norm", "safe_log", "safe_pow", "logsumexp", "tiny_exponent", "cg"]
 
 
 @jax.custom_jvp
@@ -69,3 +69,44 @@ def logsumexp(z: jax.Array, axis: int = -1, weights: jax.Array | None = None) ->
 def tiny_exponent(dtype) -> float:
     """``-log(smallest normal number)`` of ``dtype``: exponents beyond it underflow to 0."""
     return float(-np.log(float(jnp.finfo(dtype).tiny)))
+
+
+def cg(matvec, rhs, precond, *, rtol, max_iter: int):
+    r"""Preconditioned conjugate gradient for a symmetric positive semi-definite operator.
+
+    Solves ``matvec(x) = rhs`` from ``x = 0`` until
+    :math:`\|r\|_2 \le \mathrm{rtol} \cdot \|\mathrm{rhs}\|_2` (``rtol`` may be traced) or
+    ``max_iter`` products. ``rhs`` and ``x`` are pytrees; ``precond(r)`` applies an SPD
+    preconditioner. A consistent right-hand side of a singular operator is fine (the iterates
+    stay in its range). Returns ``(x, n_products)``; the iterates are never NaN (a vanishing
+    curvature stops the iteration instead of dividing by zero).
+    """
+    tm = jax.tree_util.tree_map
+    dot = lambda u, v: sum(jnp.vdot(p, q) for p, q in zip(  # noqa: E731
+        jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(v), strict=True))
+    x = tm(jnp.zeros_like, rhs)
+    z = precond(rhs)
+    rz = dot(rhs, z)
+    target = jnp.square(rtol) * dot(rhs, rhs)
+
+    def cond(c):
+        _, r, _, _, rz, k, ok = c
+        return ok & (k < max_iter) & (dot(r, r) > target)
+
+    def body(c):
+        x, r, p, _, rz, k, _ = c
+        q = matvec(p)
+        pq = dot(p, q)
+        ok = (pq > 0) & jnp.isfinite(pq)
+        alpha = jnp.where(ok, rz / jnp.where(ok, pq, 1.0), 0.0)
+        x = tm(lambda x, p: x + alpha * p, x, p)
+        r = tm(lambda r, q: r - alpha * q, r, q)
+        z = precond(r)
+        rz_new = dot(r, z)
+        beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0)
+        p = tm(lambda z, p: z + beta * p, z, p)
+        return x, r, p, z, rz_new, k + 1, ok
+
+    init = (x, rhs, z, z, rz, jnp.array(0, jnp.int32), jnp.array(True))
+    x, *_, k, _ = jax.lax.while_loop(cond, body, init)
+    return x, k

@@ -63,6 +63,12 @@ class _Geometry:
         return logsumexp(h[:, None] - C / eps, axis=0,
                          weights=None if weights is None else weights[:, None])
 
+    def row_top_k(self, h, eps, k):
+        """Per row, the ``k`` largest entries of :math:`h_j - C_{ij}/\varepsilon`: returns their
+        column indices (n, k) and costs :math:`C_{ij}` (n, k). The selection ranks in float32
+        (XLA's CPU top-k is a full sort in float64); the costs keep the geometry's dtype."""
+        return _top_k_block(self.cost_matrix, h, eps, k)
+
     def apply_plan(self, f, g, a, b, eps, v, axis=1):
         P = self.plan(f, g, a, b, eps)
         return P @ v if axis == 1 else P.T @ v
@@ -133,6 +139,12 @@ def _plan_block(f, g, a, b, C, eps):
     return a[:, None] * b[None, :] * jnp.exp(z)
 
 
+def _top_k_block(C, h, eps, k):
+    scores = (h[None, :] - C / eps).astype(jnp.float32)
+    _, idx = jax.lax.top_k(scores, k)
+    return idx, jnp.take_along_axis(C, idx, axis=1)
+
+
 def _pad_rows(z: jax.Array, nb: int, bs: int, value=0.0) -> jax.Array:
     pad = nb * bs - z.shape[0]
     if pad:
@@ -147,7 +159,7 @@ def _map_row_blocks(fn: Callable, bs: int, xs: jax.Array, *per_row: jax.Array) -
     nb = -(-n // bs)
     blocks = (_pad_rows(xs, nb, bs),) + tuple(_pad_rows(r, nb, bs) for r in per_row)
     out = jax.lax.map(lambda args: jax.checkpoint(fn)(*args), blocks)
-    return out.reshape((nb * bs,) + out.shape[2:])[:n]
+    return jax.tree_util.tree_map(lambda o: o.reshape((nb * bs,) + o.shape[2:])[:n], out)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -248,6 +260,12 @@ class PointCloud(_Geometry):
             return _plan_block(frb, fo, wrb, wo, self._cost(xb, other), eps) @ v
 
         return _map_row_blocks(block, self.block_size, rows, fr, wr)
+
+    def row_top_k(self, h, eps, k):
+        if not self.is_blocked:
+            return super().row_top_k(h, eps, k)
+        return _map_row_blocks(lambda xb: _top_k_block(self._cost(xb, self.y), h, eps, k),
+                               self.block_size, self.x)
 
     def max_cost(self):
         if not self.is_blocked:

@@ -27,7 +27,7 @@ from otreg import _sinkhorn_loops as loops
 from otreg.geometry import CostMatrix, as_geometry
 from otreg.status import Status
 
-__all__ = ["sinkhorn", "SinkhornResult"]
+__all__ = ["sinkhorn", "SinkhornResult", "SolverStats"]
 
 ANNEAL_MIN_RATIO = 100.0  # anneal only when max(C) / epsilon exceeds this
 INIT_KEEP_TOL = 1.0  # with anneal=True, a warm start is kept when its L1 error is below this
@@ -49,6 +49,7 @@ class SinkhornResult(NamedTuple):
         ``(k * check_every, (k + 1) * check_every]``; -1 where none was.
       status: result code; ``otreg.explain(status)`` says what it means.
       geom, a, b, epsilon: the problem solved (weights after validation, epsilon resolved).
+      stats: :class:`SolverStats` (Sinkhorn sweeps, Newton steps, CG products, fallbacks).
     """
 
     cost: jax.Array
@@ -63,6 +64,7 @@ class SinkhornResult(NamedTuple):
     a: jax.Array
     b: jax.Array
     epsilon: jax.Array
+    stats: Any = None
 
     def plan(self) -> jax.Array:
         """The dense transport plan (n x m); materialises it, also for blocked geometries."""
@@ -99,16 +101,17 @@ def _default_progress(it, err, eps):
 _max_abs = jax.jit(lambda z: jnp.max(jnp.abs(z)))  # one fused pass; NaN and inf propagate
 
 
-def _validate_geometry_values(geom):
+def _validate_geometry_values(geom, fn="sinkhorn"):
     """Concrete inputs: non-finite costs or points raise. Returns max |C| for a concrete cost
     matrix (reused by the solve instead of another pass), else None."""
     leaves = (geom.cost_matrix,) if isinstance(geom, CostMatrix) else (geom.x, geom.y)
     if not _checks.is_concrete(*leaves):
         return None
-    peaks = [_max_abs(leaf) for leaf in leaves]
+    with jax.ensure_compile_time_eval():  # concrete constants closed over by a traced caller
+        peaks = [_max_abs(leaf) for leaf in leaves]
     if not all(np.isfinite(float(p)) for p in peaks):
         what = "cost matrix" if isinstance(geom, CostMatrix) else "point cloud"
-        raise ValueError(f"sinkhorn: the {what} contains NaN or inf; remove them (an "
+        raise ValueError(f"{fn}: the {what} contains NaN or inf; remove them (an "
                          f"infinite cost is not supported: use a large finite cost).")
     return peaks[0] if isinstance(geom, CostMatrix) else None
 
@@ -133,11 +136,41 @@ def _repair_geometry(geom, max_abs=None):
     return fixed, ok, fixed.max_cost, fixed.mean_cost
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter", "check_every", "anneal", "decay",
-                                             "progress", "mode", "implicit_diff", "cg_tol",
-                                             "cg_max_iter"))
-def _solve(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, anneal, decay,
-           progress, mode, implicit_diff, cg_tol, cg_max_iter):
+class SolverStats(NamedTuple):
+    """Work counts of a solve (same fields for every entropic solver, so results share a type).
+
+    Attributes:
+      n_sinkhorn: Sinkhorn sweeps (all annealing stages, warm-up and fallbacks included).
+      n_newton: Newton steps taken (0 for :func:`sinkhorn`).
+      n_cg: conjugate-gradient matrix-vector products over all Newton steps.
+      n_fallback: Newton steps whose line search failed and were replaced by Sinkhorn sweeps.
+    """
+
+    n_sinkhorn: jax.Array
+    n_newton: jax.Array
+    n_cg: jax.Array
+    n_fallback: jax.Array
+
+
+class Prepared(NamedTuple):
+    """A validated, repaired problem ready for a loop (see :func:`prepare`)."""
+
+    live: Any  # the geometry to differentiate through (dense clouds materialised)
+    a: jax.Array
+    b: jax.Array
+    eps: jax.Array  # resolved, stop-gradient, positive
+    epsilon: Any  # as the caller gave it (None: relative)
+    status: jax.Array  # input status
+    pb: loops.Problem  # stop-gradient problem for the loops
+    state: loops.LoopState
+    geom: Any  # repaired input geometry (returned in the result)
+    in_dtype: Any
+
+
+def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, anneal,
+            decay) -> Prepared:
+    """Shared preamble of the entropic solvers (inside ``jit``): dtype, uniform/repaired weights,
+    repaired geometry, resolved epsilon, annealing schedule and warm start."""
     in_dtype = geom.dtype
     dtype = jnp.float64 if in_dtype == jnp.float64 else jnp.float32
     geom = geom.astype(dtype) if in_dtype != dtype else geom
@@ -179,27 +212,102 @@ def _solve(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, an
     eps0 = eps / decay ** n_stages.astype(dtype)
     pb = loops.Problem(solve_geom, a_s, b_s, eps, eps0, n_stages, decay, jnp.asarray(tol, dtype))
     state = loops.initial_state(f0, g0, -(-max_iter // check_every), dtype)
+    return Prepared(live, a, b, eps, epsilon, status, pb, state, geom, in_dtype)
+
+
+def finish(p: Prepared, f, g, ratio, *, converged, n_iters, error, errors, status, stats,
+           implicit_diff, cg_tol, cg_max_iter) -> SinkhornResult:
+    """Shared epilogue: implicit potentials (if asked), gauge, envelope value, result."""
+    live, a, b, eps = p.live, p.a, p.b, p.eps
+    if implicit_diff:
+        f, g = implicit.implicit_potentials(live, a, b, eps, f, g, cg_tol, cg_max_iter)
+    f, g = loops.gauge(f, g, a, b)
+    sg = jax.lax.stop_gradient
+    dtype = eps.dtype
+    eps_live = eps if p.epsilon is None else jnp.asarray(p.epsilon, dtype)
+    cost = implicit.envelope_value(live, a, b, eps_live, sg(f), sg(g), sg(ratio))
+    cast = (lambda z: z.astype(p.in_dtype)) if p.in_dtype != dtype else (lambda z: z)
+    geom = p.geom
+    return SinkhornResult(
+        cost=cast(cost), f=cast(f), g=cast(g), converged=converged, n_iters=n_iters,
+        error=cast(error), errors=cast(errors), status=status, a=a, b=b, epsilon=eps,
+        # a CostMatrix leaves as its fill value only: returning C would copy n x m each call
+        geom=geom.fill if isinstance(geom, CostMatrix) else geom, stats=stats)
+
+
+def reattach(res: SinkhornResult, geom) -> SinkhornResult:
+    """Outside ``jit``: put the caller's cost matrix back into the result (no copy)."""
+    if isinstance(geom, CostMatrix):
+        C = geom.cost_matrix
+        C = C if C.dtype == res.geom.dtype else C.astype(res.geom.dtype)
+        res = res._replace(geom=CostMatrix(C, res.geom))
+    return res
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter", "check_every", "anneal", "decay",
+                                             "progress", "mode", "implicit_diff", "cg_tol",
+                                             "cg_max_iter"))
+def _solve(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, anneal, decay,
+           progress, mode, implicit_diff, cg_tol, cg_max_iter):
+    p = prepare(geom, a, b, epsilon, tol, init, max_abs, max_iter=max_iter,
+                check_every=check_every, anneal=anneal, decay=decay)
     kw = dict(max_iter=max_iter, check_every=check_every, progress=progress)
     if implicit_diff:
-        use_kernel = mode == "kernel" or (mode == "auto" and not live.is_blocked)
+        use_kernel = mode == "kernel" or (mode == "auto" and not p.live.is_blocked)
         loop = loops.kernel_loop if use_kernel else loops.log_loop
-        state = loop(pb, state, **kw)
-        f, g = implicit.implicit_potentials(live, a, b, eps, state.f, state.g, cg_tol,
-                                            cg_max_iter)
+        state = loop(p.pb, p.state, **kw)
     else:  # differentiate through the (checkpointed, log-domain) iterations themselves
-        state = loops.unrolled_loop(pb._replace(geom=live, a=a, b=b), state, **kw)
-        f, g = state.f, state.g
-    f, g = loops.gauge(f, g, a, b)
+        state = loops.unrolled_loop(p.pb._replace(geom=p.live, a=p.a, b=p.b), p.state, **kw)
+    zero = jnp.array(0, jnp.int32)
+    stats = SolverStats(state.it, zero, zero, zero)
+    return finish(p, state.f, state.g, state.ratio, converged=state.done & ~state.failed,
+                  n_iters=state.it, error=state.err, errors=state.errors,
+                  status=loops.final_status(state, p.status), stats=stats,
+                  implicit_diff=implicit_diff, cg_tol=cg_tol, cg_max_iter=cg_max_iter)
 
-    eps_live = eps if epsilon is None else jnp.asarray(epsilon, dtype)
-    cost = implicit.envelope_value(live, a, b, eps_live, sg(f), sg(g), sg(state.ratio))
-    cast = (lambda z: z.astype(in_dtype)) if in_dtype != dtype else (lambda z: z)
-    return SinkhornResult(
-        cost=cast(cost), f=cast(f), g=cast(g), converged=state.done & ~state.failed,
-        n_iters=state.it, error=cast(state.err), errors=cast(state.errors),
-        status=loops.final_status(state, status), a=a, b=b, epsilon=eps,
-        # a CostMatrix leaves as its fill value only: returning C would copy n x m each call
-        geom=geom.fill if isinstance(geom, CostMatrix) else geom)
+
+def _dtype_of(geom):
+    return jnp.dtype(jnp.float64 if geom.dtype == jnp.float64 else jnp.float32)
+
+
+def validate_problem(fn, geom, a, b, epsilon, tol, init, progress):
+    """Checks shared by the entropic solvers (outside ``jit``). Returns
+    ``(geom, a, b, max_abs, tol, init, progress)`` with defaults resolved."""
+    geom = as_geometry(geom, fn)
+    n, m = geom.shape
+    dtype = _dtype_of(geom)
+    if a is not None or b is not None:  # None: uniform, built inside the solve (no checks)
+        a = _checks.check_weights(a, n, "a", dtype, fn)
+        b = _checks.check_weights(b, m, "b", dtype, fn)
+        _checks.check_weight_values(a, b, fn)
+    max_abs = _validate_geometry_values(geom, fn)
+    _checks.check_epsilon(epsilon, fn)
+    tol = (1e-6 if dtype == jnp.float64 else 1e-3) if tol is None else tol
+    _checks.check_positive_float(tol, "tol", fn)
+    if init is not None:
+        if not (isinstance(init, (tuple, list)) and len(init) == 2):
+            raise TypeError(f"{fn}: `init` must be a pair (f, g), got {type(init).__name__}.")
+        for name, z, size in (("init[0] (f)", init[0], n), ("init[1] (g)", init[1], m)):
+            z = _checks.float_array(z, name, 1, fn)
+            if z.shape[0] != size:
+                raise ValueError(f"{fn}: `{name}` must have shape ({size},), got {z.shape}.")
+        init = tuple(init)
+    if progress is True:
+        progress = _default_progress
+    elif progress is False or progress is None:
+        progress = None
+    elif not callable(progress):
+        raise TypeError(f"{fn}: `progress` must be a bool or a callable, got {progress!r}.")
+    return geom, a, b, max_abs, tol, init, progress
+
+
+def validate_cg(fn, geom, cg_tol, cg_max_iter):
+    """``(cg_tol, cg_max_iter)`` of the implicit backward pass, defaults resolved."""
+    dtype = _dtype_of(geom)
+    cg_tol = (1e-8 if dtype == jnp.float64 else 1e-5) if cg_tol is None else cg_tol
+    if not isinstance(cg_tol, (float, int)) or not 0 < cg_tol < 1:
+        raise ValueError(f"{fn}: `cg_tol` must be a Python float in (0, 1), got {cg_tol!r}.")
+    return float(cg_tol), _checks.check_positive_int(cg_max_iter, "cg_max_iter", fn)
 
 
 def sinkhorn(
@@ -271,17 +379,8 @@ def sinkhorn(
     chosen by ``implicit_diff``. Atoms of zero weight get zero potential gradients.
     """
     fn = "sinkhorn"
-    geom = as_geometry(geom, fn)
-    n, m = geom.shape
-    dtype = jnp.dtype(jnp.float64 if geom.dtype == jnp.float64 else jnp.float32)
-    if a is not None or b is not None:  # None: uniform, built inside the solve (no checks)
-        a = _checks.check_weights(a, n, "a", dtype, fn)
-        b = _checks.check_weights(b, m, "b", dtype, fn)
-        _checks.check_weight_values(a, b, fn)
-    max_abs = _validate_geometry_values(geom)
-    _checks.check_epsilon(epsilon, fn)
-    tol = (1e-6 if dtype == jnp.float64 else 1e-3) if tol is None else tol
-    _checks.check_positive_float(tol, "tol", fn)
+    geom, a, b, max_abs, tol, init, progress = validate_problem(
+        fn, geom, a, b, epsilon, tol, init, progress)
     max_iter = _checks.check_positive_int(max_iter, "max_iter", fn)
     check_every = _checks.check_positive_int(check_every, "check_every", fn)
     _checks.check_option(mode, "mode", ("auto", "kernel", "log"), fn)
@@ -294,31 +393,10 @@ def sinkhorn(
     if not implicit_diff and mode == "kernel":
         raise ValueError(f"{fn}: implicit_diff=False differentiates log-domain iterations; "
                          f"use mode='auto' or 'log' with it.")
-    cg_tol = (1e-8 if dtype == jnp.float64 else 1e-5) if cg_tol is None else cg_tol
-    if not isinstance(cg_tol, (float, int)) or not 0 < cg_tol < 1:
-        raise ValueError(f"{fn}: `cg_tol` must be a Python float in (0, 1), got {cg_tol!r}.")
-    cg_max_iter = _checks.check_positive_int(cg_max_iter, "cg_max_iter", fn)
+    cg_tol, cg_max_iter = validate_cg(fn, geom, cg_tol, cg_max_iter)
     _checks.check_positive_float(anneal_decay, "anneal_decay", fn, upper=1.0)
-    if init is not None:
-        if not (isinstance(init, (tuple, list)) and len(init) == 2):
-            raise TypeError(f"{fn}: `init` must be a pair (f, g), got {type(init).__name__}.")
-        for name, z, size in (("init[0] (f)", init[0], n), ("init[1] (g)", init[1], m)):
-            z = _checks.float_array(z, name, 1, fn)
-            if z.shape[0] != size:
-                raise ValueError(f"{fn}: `{name}` must have shape ({size},), got {z.shape}.")
-        init = tuple(init)
-    if progress is True:
-        progress = _default_progress
-    elif progress is False or progress is None:
-        progress = None
-    elif not callable(progress):
-        raise TypeError(f"{fn}: `progress` must be a bool or a callable, got {progress!r}.")
-    res = _solve(geom, a, b, epsilon, tol, init, max_abs, cg_tol=float(cg_tol), max_iter=max_iter,
+    res = _solve(geom, a, b, epsilon, tol, init, max_abs, cg_tol=cg_tol, max_iter=max_iter,
                  check_every=check_every, anneal=anneal, decay=float(anneal_decay),
                  progress=progress, mode=mode, implicit_diff=implicit_diff,
                  cg_max_iter=cg_max_iter)
-    if isinstance(geom, CostMatrix):  # re-attach the caller's C (no copy) with the repair fill
-        C = geom.cost_matrix
-        C = C if C.dtype == res.geom.dtype else C.astype(res.geom.dtype)
-        res = res._replace(geom=CostMatrix(C, res.geom))
-    return res
+    return reattach(res, geom)

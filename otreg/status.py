@@ -21,6 +21,7 @@ class Status:
     MASS_MISMATCH = 3
     BAD_WEIGHTS = 4
     NONFINITE_INPUT = 5
+    NEWTON_STALLED = 6
 
     MESSAGES = {
         SUCCESS: "converged: the marginal error reached `tol`.",
@@ -34,6 +35,10 @@ class Status:
         "weights were set to 0. Pass non-negative, finite weights.",
         NONFINITE_INPUT: "invalid input: the cost (or a point) was not finite; such entries were "
         "replaced by finite values. Remove NaN/inf from the inputs.",
+        NEWTON_STALLED: "not converged: Newton steps failed their line search or stopped "
+        "reducing the marginal error (the sparsified Hessian keeps too few entries, the CG "
+        "budget is too small, or the precision's floor was reached); raise `keep` or "
+        "`cg_max_iter`, loosen `tol`, or use float64.",
     }
 
 
