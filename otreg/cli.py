@@ -52,6 +52,20 @@ def _sinkhorn_rows(x, y, epsilon):
     return rows
 
 
+def _sns_rows(n=300, seed=0):
+    """The SNS paper's random assignment problem (C uniform on [0, 1], eps = 1/1200), float32."""
+    import jax.numpy as jnp
+
+    import otreg
+    C = jnp.asarray(np.random.default_rng(seed).uniform(size=(n, n)), jnp.float32)
+    rows = []
+    for name, solver in (("sinkhorn", otreg.sinkhorn), ("sns (Sinkhorn-Newton-Sparse)", otreg.sns)):
+        res, dt = _timed(lambda solver=solver: solver(C, epsilon=1 / 1200, tol=1e-4))
+        rows.append((f"{name}, assignment n={n} eps=1/1200", float(res.cost), int(res.n_iters),
+                     dt, bool(res.converged)))
+    return rows
+
+
 def _table(rows: Sequence[tuple]) -> str:
     head = ("method", "value", "iterations", "time (ms)", "converged")
     cells = [head] + [(r[0], f"{r[1]:.6g}", str(r[2]), f"{1e3 * r[3]:.1f}", str(r[4]))
@@ -67,7 +81,7 @@ def demo(args) -> int:
     x, y = data.gaussians(args.n, d=args.d, seed=args.seed)
     print(f"otreg demo: x ~ N(0, I), y ~ N(1, I), n = m = {args.n}, d = {args.d}, cost = "
           f"squared Euclidean / max, epsilon = {args.epsilon}, float32 (times after compilation)")
-    print(_table(_sinkhorn_rows(x, y, args.epsilon)))
+    print(_table(_sinkhorn_rows(x, y, args.epsilon) + _sns_rows()))
     return 0
 
 
@@ -77,6 +91,7 @@ def distance(args) -> int:
 
     import otreg
     from otreg import data
+    from otreg.newton import choose_solver
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     dt = jnp.float64 if args.x64 else jnp.float32
@@ -87,10 +102,19 @@ def distance(args) -> int:
         return 2
     geom = otreg.PointCloud(jnp.asarray(x, dt), jnp.asarray(y, dt), cost=args.cost,
                             block_size=args.block_size)
-    res = otreg.sinkhorn(geom, epsilon=args.epsilon, tol=args.tol, max_iter=args.max_iter,
-                         progress=args.progress)
+    if args.method == "sliced":
+        val = otreg.sliced_w2(geom.x, geom.y, key=jax.random.PRNGKey(args.seed),
+                              n_projections=args.n_projections)
+        print(f"{float(val):.10g}")
+        print(f"# method=sliced n_projections={args.n_projections} (SW_2, control variate)",
+              file=sys.stderr)
+        return 0
+    solver = choose_solver(args.method, geom, args.epsilon, "otreg distance")
+    res = solver(geom, epsilon=args.epsilon, tol=args.tol, max_iter=args.max_iter,
+                 progress=args.progress)
     print(f"{float(res.cost):.10g}")
-    print(f"# method=sinkhorn epsilon={float(res.epsilon):.4g} iterations={int(res.n_iters)} "
+    print(f"# method={solver.__name__} epsilon={float(res.epsilon):.4g} "
+          f"iterations={int(res.n_iters)} "
           f"error={float(res.error):.3e} converged={bool(res.converged)}", file=sys.stderr)
     if not bool(res.converged):
         print("# " + otreg.explain(res.status), file=sys.stderr)
@@ -109,7 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = sub.add_parser("distance", help="OT cost between two point files (.npy, .npz, .csv)")
     t.add_argument("x")
     t.add_argument("y")
-    t.add_argument("--method", choices=["sinkhorn"], default="sinkhorn")
+    t.add_argument("--method", choices=["sinkhorn", "sns", "auto", "sliced"], default="sinkhorn",
+                   help="entropic OT by Sinkhorn or Sinkhorn-Newton-Sparse (auto: SNS when "
+                   "epsilon <= max cost / 1000), or sliced W2")
+    t.add_argument("--n-projections", type=int, default=128, help="for --method sliced")
+    t.add_argument("--seed", type=int, default=0, help="for --method sliced")
     t.add_argument("--epsilon", type=float, default=None,
                    help="absolute, in cost units (default: 0.05 * mean cost)")
     t.add_argument("--cost", default="sqeuclidean")

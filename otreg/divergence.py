@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from otreg import _checks, implicit
 from otreg._math import safe_log
 from otreg.geometry import PointCloud
-from otreg.sinkhorn import SinkhornResult, sinkhorn
+from otreg.newton import choose_solver
+from otreg.sinkhorn import SinkhornResult
 from otreg.status import Status
 
 __all__ = ["sinkhorn_divergence", "DivergenceAux"]
@@ -79,9 +80,9 @@ def _symmetric_potential(geom, a, eps, tol, max_iter):
 
 
 @functools.partial(jax.jit, static_argnames=("cost", "block_size", "max_iter", "sym_max_iter",
-                                             "sinkhorn_kw"))
+                                             "sinkhorn_kw", "solver"))
 def _divergence(x, y, a, b, epsilon, tol, *, cost, block_size, max_iter, sym_max_iter,
-                sinkhorn_kw):
+                sinkhorn_kw, solver):
     sg = jax.lax.stop_gradient
     a, b, in_status = _checks.repair_weights(a, b)
     geom_xy = PointCloud(x, y, cost=cost, block_size=block_size)
@@ -97,8 +98,8 @@ def _divergence(x, y, a, b, epsilon, tol, *, cost, block_size, max_iter, sym_max
         errs.append(err)
     # warm start at the symmetric potentials: exact when x == y (where alternating Sinkhorn from
     # zero crawls: its iteration map squares an eigenvalue near -1), close when x ~ y
-    ot_xy = sinkhorn(geom_xy, a, b, epsilon=eps, tol=tol, max_iter=max_iter,
-                     init=(pots[0], pots[1]), **dict(sinkhorn_kw))
+    ot_xy = solver(geom_xy, a, b, epsilon=eps, tol=tol, max_iter=max_iter,
+                   init=(pots[0], pots[1]), **dict(sinkhorn_kw))
     value = ot_xy.cost - 0.5 * (values[0] + values[1])
     sym_ok = (errs[0] <= tol) & (errs[1] <= tol)
     status = jnp.where(ot_xy.status != Status.SUCCESS, ot_xy.status,
@@ -122,6 +123,7 @@ def sinkhorn_divergence(
     tol: float | None = None,
     max_iter: int = 10_000,
     sym_max_iter: int = 1_000,
+    method: str = "sinkhorn",
     **sinkhorn_kw: Any,
 ) -> tuple[jax.Array, DivergenceAux]:
     r"""Debiased Sinkhorn divergence between weighted point clouds ``(x, a)`` and ``(y, b)``.
@@ -140,7 +142,10 @@ def sinkhorn_divergence(
         free of any n x m buffer).
       tol, max_iter: stopping rule of the cross term (as :func:`~otreg.sinkhorn`) and of the
         symmetric terms (L1 marginal error <= tol, at most ``sym_max_iter`` averaged steps).
-      **sinkhorn_kw: passed to :func:`~otreg.sinkhorn` for the cross term (``mode``,
+      method: solver of the cross term: ``"sinkhorn"``, ``"sns"`` (:func:`~otreg.sns`, for small
+        epsilon) or ``"auto"`` (SNS when epsilon and the points are concrete and
+        ``max C / epsilon >= 1000``; Sinkhorn otherwise, e.g. under ``jit``).
+      **sinkhorn_kw: passed to the cross-term solver (``mode``,
         ``check_every``, ...). The cross term is warm-started at the symmetric potentials
         ``(p, q)`` (so it does not anneal): exact when ``x == y``.
 
@@ -167,6 +172,8 @@ def sinkhorn_divergence(
     if block_size is not None:
         block_size = _checks.check_positive_int(block_size, "block_size", fn)
     PointCloud(x[:1], y[:1], cost=cost)  # validates `cost` eagerly
+    solver = choose_solver(method, PointCloud(x, y, cost=cost, block_size=block_size), epsilon,
+                           fn)
     return _divergence(x, y, a, b, epsilon, tol, cost=cost, block_size=block_size,
                        max_iter=max_iter, sym_max_iter=sym_max_iter,
-                       sinkhorn_kw=tuple(sorted(sinkhorn_kw.items())))
+                       sinkhorn_kw=tuple(sorted(sinkhorn_kw.items())), solver=solver)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from otreg import _checks
 from otreg.divergence import sinkhorn_divergence
 from otreg.geometry import CostMatrix
-from otreg.sinkhorn import sinkhorn
+from otreg.newton import choose_solver
 from otreg.sliced import sliced_w2
 
 __all__ = ["sinkhorn_divergence_loss", "sliced_w2_loss", "wasserstein_label_loss"]
@@ -130,6 +130,7 @@ def wasserstein_label_loss(
     epsilon: float | None = None,
     tol: float | None = None,
     max_iter: int = 1_000,
+    method: str = "sinkhorn",
 ) -> jax.Array:
     r"""Entropic Wasserstein loss between predicted class histograms and labels, per example
     (Frogner et al. 2015, "Learning with a Wasserstein Loss").
@@ -148,6 +149,7 @@ def wasserstein_label_loss(
       cost_matrix: ``(K, K)`` ground cost between classes (non-negative).
       epsilon: absolute regularisation; ``None`` is ``0.05 * mean(cost_matrix)``.
       tol, max_iter: Sinkhorn stopping rule (see :func:`otreg.sinkhorn`).
+      method: ``"sinkhorn"``, ``"sns"`` or ``"auto"`` (see :func:`otreg.sinkhorn_divergence`).
 
     Returns:
       ``(...)`` loss per example; its gradient in ``logits`` is the envelope gradient.
@@ -184,8 +186,9 @@ def wasserstein_label_loss(
         raise ValueError(f"{fn}: `cost_matrix` must be finite and non-negative.")
     probs = jax.nn.softmax(logits, axis=-1)
     geom = CostMatrix(M)
+    solver = choose_solver(method, geom, epsilon, fn)
 
     def one(p, t):
-        return sinkhorn(geom, p, t, epsilon=epsilon, tol=tol, max_iter=max_iter).cost
+        return solver(geom, p, t, epsilon=epsilon, tol=tol, max_iter=max_iter).cost
 
     return _flat_map(one, logits.shape[:-1], probs, target)

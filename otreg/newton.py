@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from otreg import _checks
 from otreg import _sinkhorn_loops as loops
 from otreg._math import cg, safe_log
+from otreg.geometry import CostMatrix, as_geometry
 from otreg.sinkhorn import (
     ANNEAL_MIN_RATIO,
     SinkhornResult,
@@ -53,12 +54,13 @@ from otreg.sinkhorn import (
     finish,
     prepare,
     reattach,
+    sinkhorn,
     validate_cg,
     validate_problem,
 )
 from otreg.status import Status
 
-__all__ = ["sns", "EllHessian", "ell_hessian", "hessian_matvec", "solve_ell"]
+__all__ = ["sns", "choose_solver", "EllHessian", "ell_hessian", "hessian_matvec", "solve_ell"]
 
 SHIFT_MAX = 1e-3  # largest relative diagonal shift of the sparsified Hessian
 ARMIJO = 1e-4  # sufficient decrease of the gradient-norm merit
@@ -383,6 +385,32 @@ def sns(
     return reattach(res, geom)
 
 
-# epsilon / max|C| below which ``method="auto"`` picks SNS (Sinkhorn's iteration count grows
-# like max|C| / epsilon; SNS's stays nearly flat)
-AUTO_SNS_RATIO = 1.0 / (10 * ANNEAL_MIN_RATIO)
+# max|C| / epsilon above which ``method="auto"`` picks SNS: Sinkhorn's iteration count grows like
+# max|C| / epsilon, SNS's stays nearly flat (benchmarks/RESULTS.md)
+AUTO_SNS_RATIO = 10 * ANNEAL_MIN_RATIO
+METHODS = ("sinkhorn", "sns", "auto")
+
+
+def prefers_sns(geom, epsilon) -> bool:
+    """``max|C| / epsilon >= AUTO_SNS_RATIO`` for a concrete epsilon and concrete inputs (one
+    pass over the cost, blockwise when blocked); False when either is traced (then the choice
+    cannot depend on values: pass ``method="sns"`` explicitly inside ``jit``)."""
+    if epsilon is None or not _checks.is_concrete(epsilon):
+        return False
+    geom = as_geometry(geom, "method='auto'")
+    leaves = jax.tree_util.tree_leaves(geom)
+    if not _checks.is_concrete(*leaves):
+        return False
+    with jax.ensure_compile_time_eval():
+        peak = float(jnp.max(jnp.abs(geom.cost_matrix)) if isinstance(geom, CostMatrix)
+                     else geom.max_cost())
+    return peak >= AUTO_SNS_RATIO * float(epsilon)
+
+
+def choose_solver(method: str, geom, epsilon, fn: str = "otreg") -> Callable:
+    """The entropic solver for ``method`` in ``"sinkhorn" | "sns" | "auto"`` (see
+    :func:`prefers_sns` for what ``"auto"`` decides)."""
+    _checks.check_option(method, "method", METHODS, fn)
+    if method == "auto":
+        method = "sns" if prefers_sns(geom, epsilon) else "sinkhorn"
+    return sns if method == "sns" else sinkhorn

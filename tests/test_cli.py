@@ -17,7 +17,11 @@ def test_demo_prints_table(capsys):
     out = capsys.readouterr().out
     assert "method" in out and "converged" in out
     assert sum(line.startswith("sliced_w2") for line in out.splitlines()) == 2
-    rows = [line for line in out.splitlines() if line.startswith("sinkhorn")]
+    assign = [line for line in out.splitlines() if "assignment" in line]
+    assert len(assign) == 2 and assign[1].startswith("sns") and assign[1].rstrip().endswith("True")
+    assert int(assign[1].split()[-3]) < int(assign[0].split()[-3])  # SNS: fewer iterations
+    rows = [line for line in out.splitlines()
+            if line.startswith("sinkhorn") and "assignment" not in line]
     assert len(rows) == 4 and all(line.rstrip().endswith("True") for line in rows)
     values = {float(line.split()[-4]) for line in rows if "divergence" not in line}
     assert max(values) - min(values) < 1e-4 * max(values)
@@ -25,14 +29,15 @@ def test_demo_prints_table(capsys):
     assert 0 <= div < min(values)  # debiasing removes the entropic self-transport terms
 
 
-@pytest.mark.parametrize("ext", ["npy", "npz", "csv"])
-def test_distance_from_files(tmp_path, rng, x64, ext, capsys):
+@pytest.mark.parametrize("ext,method", [("npy", "sinkhorn"), ("npz", "sns"), ("csv", "auto")])
+def test_distance_from_files(tmp_path, rng, x64, ext, method, capsys):
     x, y = rng.standard_normal((30, 2)), rng.standard_normal((25, 2)) + 1
     px, py = tmp_path / f"x.{ext}", tmp_path / f"y.{ext}"
     for p, v in ((px, x), (py, y)):
         {"npy": lambda p, v: np.save(p, v), "npz": lambda p, v: np.savez(p, pts=v),
          "csv": lambda p, v: np.savetxt(p, v, delimiter=",")}[ext](p, v)
-    code = cli.main(["distance", str(px), str(py), "--epsilon", "0.5", "--x64", "--tol", "1e-9"])
+    code = cli.main(["distance", str(px), str(py), "--epsilon", "0.5", "--x64", "--tol", "1e-9",
+                     "--method", method])
     assert code == 0
     value = float(capsys.readouterr().out.strip())
     C = ot.dist(x, y)
@@ -41,6 +46,16 @@ def test_distance_from_files(tmp_path, rng, x64, ext, capsys):
     a, b = np.full(30, 1 / 30), np.full(25, 1 / 25)
     kl = (P * np.log(P / np.outer(a, b))).sum()
     np.testing.assert_allclose(value, (P * C).sum() + 0.5 * kl, rtol=1e-7)
+
+
+def test_distance_sliced(tmp_path, rng, capsys):
+    x = rng.standard_normal((40, 3))
+    px, py = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(px, x)
+    np.save(py, x + np.array([1.0, 0.0, 0.0]))  # a translation: every slice is exact
+    assert cli.main(["distance", str(px), str(py), "--method", "sliced"]) == 0
+    value = float(capsys.readouterr().out.strip().splitlines()[0])
+    assert 0.2 < value ** 2 < 0.5  # E[(theta . t)^2] = |t|^2 / d = 1/3, estimated
 
 
 def test_distance_errors(tmp_path, capsys):

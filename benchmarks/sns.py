@@ -1,0 +1,183 @@
+"""Sinkhorn-Newton-Sparse: otreg SNS vs otreg Sinkhorn vs OTT-JAX vs POT vs regot, one process.
+
+Problems (the SNS paper's settings at CPU size; ../shared/REFERENCE.md):
+  assignment   C uniform on [0, 1], n = 500, uniform marginals, eps = 1/1200
+  grid-L2/L1   two smooth densities on a 28 x 28 grid (a ring and two blobs, floored at 1e-3 of
+               their peak: a stand-in for the paper's MNIST pair), cost |p - q|^2 or |p - q|_1
+               between pixel centres, scaled to max 1; eps = 1e-3
+  cloud        x ~ N(0, I_d), y ~ N(1, I_d), d = 64, n = 2000, C = |x - y|^2 / max, eps in
+               {1e-2, 1e-3, 1e-4}
+Every solver runs to the same L1 marginal error (``--tol``, float64; 1e-4 with ``--f32``),
+each with its own stopping rule set to that tolerance; the error reached is then measured in
+float64 from the returned plan. Iterations: Sinkhorn sweeps, and each Newton step counts one (as
+the paper does); CG products are reported separately. Slow solvers get an iteration cap
+(``--cap-*``); a capped run reports its time and the error it reached, and its ratio to otreg SNS
+is then a lower bound (marked ">").
+
+Timing: after compilation, block_until_ready, median process CPU time of up to --reps runs (one
+run past --budget seconds). Run pinned and single-threaded: benchmarks/run_sinkhorn.sh shows how.
+
+Usage: python benchmarks/sns.py [--problems assignment grid-L2 grid-L1 cloud] [--tol 1e-8 1e-11]
+       [--f32] [--libs otreg_sns otreg_sinkhorn ott ott_anderson pot_log regot_ssns regot_sn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+LIBS = ("otreg_sns", "otreg_sinkhorn", "ott", "ott_anderson", "pot_log", "regot_ssns",
+        "regot_sn")
+
+
+def grid_problem(metric):
+    t = (np.arange(28) + 0.5) / 28
+    X, Y = np.meshgrid(t, t, indexing="ij")
+    ring = np.exp(-((np.hypot(X - 0.5, Y - 0.5) - 0.3) ** 2) / 0.005)
+    blobs = (np.exp(-((X - 0.3) ** 2 + (Y - 0.35) ** 2) / 0.01)
+             + np.exp(-((X - 0.7) ** 2 + (Y - 0.6) ** 2) / 0.02))
+    a, b = (np.maximum(z, 1e-3 * z.max()).ravel() for z in (ring, blobs))
+    pts = np.stack([X.ravel(), Y.ravel()], 1)
+    diff = pts[:, None, :] - pts[None, :, :]
+    C = (diff ** 2).sum(-1) if metric == "L2" else np.abs(diff).sum(-1)
+    return C / C.max(), a / a.sum(), b / b.sum()
+
+
+def problems(names, eps_cloud):
+    for name in names:
+        if name == "assignment":
+            rng = np.random.default_rng(0)
+            C = rng.uniform(size=(500, 500))
+            yield "assignment n=500", C, np.full(500, 1 / 500), np.full(500, 1 / 500), 1 / 1200
+        elif name.startswith("grid-"):
+            C, a, b = grid_problem(name[5:])
+            yield f"{name} n=784", C, a, b, 1e-3
+        elif name == "cloud":
+            rng = np.random.default_rng(0)
+            n, d = 2000, 64
+            x, y = rng.standard_normal((n, d)), rng.standard_normal((n, d)) + 1.0
+            C = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T
+            C = np.maximum(C, 0) / C.max()
+            for eps in eps_cloud:
+                yield f"cloud n={n} d={d}", C, np.full(n, 1 / n), np.full(n, 1 / n), eps
+
+
+def timeit(fn, reps, budget):
+    out, cpu = None, []
+    for _ in range(reps):
+        c0 = time.process_time()
+        out = fn()
+        cpu.append(time.process_time() - c0)
+        if sum(cpu) > budget:
+            break
+    return statistics.median(cpu), out
+
+
+def l1_error(P, a, b):
+    P = np.asarray(P, np.float64)
+    return float(np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum())
+
+
+def run(lib, C, a, b, eps, tol, dtype, args):
+    """-> (cpu seconds, iterations, cg products or None, plan)"""
+    if lib.startswith("otreg"):
+        import jax
+
+        import otreg
+        Cj, aj, bj = (jax.numpy.asarray(z, dtype) for z in (C, a, b))
+        if lib == "otreg_sns":
+            def solve():
+                return otreg.sns(Cj, aj, bj, epsilon=eps, tol=tol, keep=args.keep)
+        else:
+            def solve():
+                return otreg.sinkhorn(Cj, aj, bj, epsilon=eps, tol=tol,
+                                      max_iter=args.cap_sinkhorn)
+        jax.block_until_ready(solve())
+        cpu, out = timeit(lambda: jax.block_until_ready(solve()), args.reps, args.budget)
+        cg = int(out.stats.n_cg) if lib == "otreg_sns" else None
+        return cpu, int(out.n_iters), cg, np.asarray(out.plan())
+    if lib.startswith("ott"):
+        import jax
+        from ott.geometry import geometry
+        from ott.problems.linear import linear_problem
+        from ott.solvers.linear import acceleration
+        from ott.solvers.linear import sinkhorn as ott_sinkhorn
+        kw = dict(anderson=acceleration.AndersonAcceleration(memory=5)) if "anderson" in lib \
+            else {}
+        solver = ott_sinkhorn.Sinkhorn(threshold=tol, max_iterations=args.cap_ott, norm_error=1,
+                                       inner_iterations=10, lse_mode=True, **kw)
+        Cj, aj, bj = (jax.numpy.asarray(z, dtype) for z in (C, a, b))
+
+        @jax.jit
+        def solve(C, a, b):
+            out = solver(linear_problem.LinearProblem(geometry.Geometry(C, epsilon=eps), a, b))
+            return out.matrix, out.n_iters
+
+        jax.block_until_ready(solve(Cj, aj, bj))
+        cpu, (P, it) = timeit(lambda: jax.block_until_ready(solve(Cj, aj, bj)), args.reps,
+                              args.budget)
+        return cpu, int(it), None, np.asarray(P)
+    if lib == "pot_log":
+        import ot
+        cpu, (P, log) = timeit(lambda: ot.sinkhorn(a, b, C, eps, method="sinkhorn_log",
+                                                   stopThr=tol, numItermax=args.cap_pot,
+                                                   log=True), 1, args.budget)
+        return cpu, int(log.get("niter", -1)), None, P
+    if lib.startswith("regot"):
+        import regot
+        fn = regot.sinkhorn_ssns if lib == "regot_ssns" else regot.sinkhorn_sparse_newton
+        cap = 1000 if lib == "regot_ssns" else args.cap_regot_sn
+        Cf = np.asfortranarray(C)
+        cpu, out = timeit(lambda: fn(Cf, a, b, eps, tol=tol, max_iter=cap), args.reps,
+                          args.budget)
+        return cpu, int(out.niter), None, np.asarray(out.plan)
+    raise ValueError(lib)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--problems", nargs="+", default=["assignment", "grid-L2", "grid-L1", "cloud"])
+    p.add_argument("--tol", nargs="+", type=float, default=[1e-8, 1e-11])
+    p.add_argument("--eps-cloud", nargs="+", type=float, default=[1e-2, 1e-3, 1e-4])
+    p.add_argument("--f32", action="store_true")
+    p.add_argument("--libs", nargs="+", default=list(LIBS))
+    p.add_argument("--keep", type=int, default=10)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--budget", type=float, default=10.0)
+    p.add_argument("--cap-sinkhorn", type=int, default=100_000)
+    p.add_argument("--cap-ott", type=int, default=5_000)
+    p.add_argument("--cap-pot", type=int, default=1_000)
+    p.add_argument("--cap-regot-sn", type=int, default=2_000)
+    args = p.parse_args()
+    import jax
+    if not args.f32:
+        jax.config.update("jax_enable_x64", True)
+    dtype = np.float32 if args.f32 else np.float64
+    tols = [1e-4] if args.f32 else args.tol
+    print(f"# SNS benchmark, {'float32' if args.f32 else 'float64'}, keep={args.keep}, "
+          f"{time.strftime('%Y-%m-%d')}")
+    print("| problem | eps | tol | solver | iterations | CG products | CPU time (s) | "
+          "L1 error reached | time / otreg SNS |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, C, a, b, eps in problems(args.problems, args.eps_cloud):
+        for tol in tols:
+            base = None
+            for lib in args.libs:
+                if args.f32 and lib.startswith("regot"):
+                    continue  # regot is float64 only
+                cpu, it, cg, P = run(lib, C, a, b, eps, tol, dtype, args)
+                err = l1_error(P, a, b)
+                ok = err <= 1.5 * tol
+                if lib == "otreg_sns":
+                    base = cpu
+                ratio = "" if base is None else f"{'' if ok else '>'}{cpu / base:.1f}"
+                print(f"| {name} | {eps:.3g} | {tol:.0e} | {lib} | {it} | "
+                      f"{'' if cg is None else cg} | {cpu:.3f} | {err:.1e}"
+                      f"{'' if ok else ' (not reached)'} | {ratio} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
