@@ -5,6 +5,7 @@ peak resident set size (ru_maxrss, which includes the Python/JAX runtime itself)
 The dense cost alone would be n * m * 4 bytes = 1.6 GB.
 
 Usage: python benchmarks/memory_blocked.py [--n 20000] [--d 64] [--block-size 256] [--eps 0.05]
+       [--solver sinkhorn|sns] [--keep 10]
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def main():
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--eps", type=float, default=0.05)
     ap.add_argument("--max-iter", type=int, default=200)
+    ap.add_argument("--solver", choices=["sinkhorn", "sns"], default="sinkhorn")
+    ap.add_argument("--keep", type=int, default=10)
     args = ap.parse_args()
     import jax
     import jax.numpy as jnp
@@ -35,7 +38,9 @@ def main():
 
     def solve(x, y):
         geom = otreg.PointCloud(x, y, block_size=args.block_size, scale_cost="max")
-        r = otreg.sinkhorn(geom, epsilon=args.eps, tol=1e-3, max_iter=args.max_iter)
+        kw = dict(keep=args.keep) if args.solver == "sns" else {}
+        r = getattr(otreg, args.solver)(geom, epsilon=args.eps, tol=1e-3, max_iter=args.max_iter,
+                                        **kw)
         return r.cost, r.n_iters, r.error, r.converged
 
     compiled = jax.jit(solve).lower(x, y).compile()
@@ -45,7 +50,8 @@ def main():
     dt = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     dense = args.n * args.n * 4 / 2**30
-    print(f"n = m = {args.n}, d = {args.d}, block_size = {args.block_size}, eps = {args.eps}")
+    print(f"{args.solver}: n = m = {args.n}, d = {args.d}, block_size = {args.block_size}, "
+          f"eps = {args.eps}")
     print(f"value {float(cost):.6g}, iterations {int(it)}, error {float(err):.2e}, "
           f"converged {bool(conv)}, time {dt:.1f} s")
     print(f"XLA temporaries {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments "

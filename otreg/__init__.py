@@ -10,6 +10,7 @@ from otreg.geometry import CostMatrix, PointCloud
 from otreg.newton import sns
 from otreg.sinkhorn import SinkhornResult, SolverStats, sinkhorn
 from otreg.sliced import sliced_w2
+from otreg.sparse import SparseOTResult, quadratic_ot, sparse_ot
 from otreg.status import Status, explain
 from otreg.univariate import wasserstein_1d
 
@@ -21,14 +22,17 @@ __all__ = [
     "PointCloud",
     "SinkhornResult",
     "SolverStats",
+    "SparseOTResult",
     "Status",
     "costs",
     "explain",
     "losses",
+    "quadratic_ot",
     "sinkhorn",
     "sinkhorn_divergence",
     "sliced_w2",
     "sns",
+    "sparse_ot",
     "wasserstein_1d",
     "__version__",
 ]

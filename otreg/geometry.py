@@ -115,6 +115,10 @@ class CostMatrix(_Geometry):
     def materialize(self) -> CostMatrix:
         return self
 
+    def transpose(self) -> CostMatrix:
+        """The geometry with the roles of rows and columns swapped (C^T: one copy)."""
+        return CostMatrix(self._C.T, self.fill)
+
     def astype(self, dtype) -> CostMatrix:
         fill = None if self.fill is None else jnp.asarray(self.fill, dtype)
         return CostMatrix(self._C.astype(dtype), fill)
@@ -228,6 +232,11 @@ class PointCloud(_Geometry):
 
     def _cost(self, x, y):
         return self.cost_fn(x, y) / self.scale
+
+    def transpose(self) -> PointCloud:
+        """The cloud with x and y swapped (costs are symmetric, so its C is C^T; no copy)."""
+        return PointCloud.tree_unflatten((self.cost_fn, self.block_size),
+                                         (self.y, self.x, self.scale))
 
     @property
     def cost_matrix(self) -> jax.Array:

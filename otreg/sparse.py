@@ -1,0 +1,395 @@
+r"""Sparsity-constrained OT (:func:`sparse_ot`) and quadratic-regularised OT (:func:`quadratic_ot`).
+
+Sparsity-constrained OT (Liu, Puigcerver and Blondel, "Sparsity-Constrained Optimal Transport",
+ICLR 2023) keeps at most ``k`` nonzeros in each column of the plan:
+
+.. math::
+    \min_{T \in U(a, b)} \langle T, C\rangle + \sum_j \tfrac\gamma2 \|t_j\|^2
+        \quad\text{s.t. } \|t_j\|_0 \le k,
+
+solved through its smooth (semi-)dual (a convex relaxation: ALGORITHMS.md section 4). With
+:math:`x_j = \alpha - c_j`, the **semi-dual** maximises
+
+.. math::
+    F(\alpha) = \langle\alpha, a\rangle - \sum_j b_j\Big(\langle y_j, x_j\rangle
+        - \tfrac{\gamma b_j}2\|y_j\|^2\Big),\qquad
+    y_j = P_{\Delta,k}\big(x_j / (\gamma b_j)\big),\quad t_j = b_j y_j,
+
+where :math:`P_{\Delta,k}` keeps the k largest entries and projects them on the simplex
+(Kyrillidis et al. 2013): the columns meet ``b`` exactly, the rows meet ``a`` up to the
+relaxation's gap, reported as ``error``. The **dual** maximises
+:math:`\langle\alpha, a\rangle + \langle\beta, b\rangle - \frac1{2\gamma}\sum_j
+\sum_{i \in \mathrm{top}_k} [\alpha_i + \beta_j - C_{ij}]_+^2`, with
+:math:`t_j = [\alpha + \beta_j - c_j]_+ / \gamma` on the top k. For ``k >= n`` both are
+quadratic-regularised OT (Blondel, Seguy and Rolet, AISTATS 2018), :func:`quadratic_ot`.
+
+The k largest entries of each column are found with ``lax.top_k`` (ranked in float32, block by
+block for a blocked :class:`~otreg.PointCloud`, so memory is O(m k)); the simplex threshold by
+Michelot's finite Newton iteration (no sort). The solver is Optax's L-BFGS with its zoom line
+search, inside one ``lax.while_loop``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from otreg import _checks, _qot_newton
+from otreg._simplex import simplex_threshold
+from otreg.geometry import CostMatrix, as_geometry
+from otreg.status import Status
+
+__all__ = ["sparse_ot", "quadratic_ot", "SparseOTResult", "simplex_threshold"]
+
+STALL_STEPS = 20  # L-BFGS steps without objective progress before declaring stationarity
+FLAT_RTOL = 1e-6  # objective change per step, relative, times tol, that counts as stationary
+INIT_SWEEPS = 2  # block-ascent sweeps that initialise quadratic OT
+NEWTON_SWITCH = 1e-2  # L1 marginal error at which solver="newton" leaves L-BFGS
+
+
+class _Columns(NamedTuple):
+    """Per column j: the row indices (m, k) of its kept entries and their costs (m, k)."""
+
+    idx: jax.Array
+    cost: jax.Array
+
+
+class SparseOTResult(NamedTuple):
+    """Output of :func:`sparse_ot` / :func:`quadratic_ot` (a pytree).
+
+    Attributes:
+      cost: the (semi-)dual objective at the returned potentials: a lower bound of the primal
+        (weak duality), equal to it at an exact solution; envelope gradients in C (or x, y),
+        a and b.
+      primal: :math:`\\langle T, C\\rangle + \\frac\\gamma2\\|T\\|^2` at the returned plan.
+      alpha, beta: dual variables (``beta`` is the implied one for the semi-dual:
+        ``beta_j = -max_Omega(alpha - c_j)``).
+      converged: marginal error <= ``tol``, or (sparse relaxation) the objective stopped
+        changing: stationarity, with the relaxation's gap left in ``error``.
+      n_iters: L-BFGS iterations. error: L1 marginal error of the plan (both marginals).
+      status: result code (``otreg.explain``).
+      idx, values: the plan in static sparse form: column j has ``values[j, r]`` at row
+        ``idx[j, r]`` (k per column; zeros where fewer are used).
+      shape: (n, m).
+    """
+
+    cost: jax.Array
+    primal: jax.Array
+    alpha: jax.Array
+    beta: jax.Array
+    converged: jax.Array
+    n_iters: jax.Array
+    error: jax.Array
+    status: jax.Array
+    idx: jax.Array
+    values: jax.Array
+    a: jax.Array
+    b: jax.Array
+
+    def plan_sparse(self) -> tuple[jax.Array, jax.Array]:
+        """``(idx, values)``, both (m, k): column j's nonzeros are at rows ``idx[j]``."""
+        return self.idx, self.values
+
+    def plan(self) -> jax.Array:
+        """The dense (n, m) plan (at most k nonzeros per column)."""
+        n, m = self.a.shape[0], self.b.shape[0]
+        cols = jnp.broadcast_to(jnp.arange(m)[:, None], self.idx.shape)
+        return jnp.zeros((n, m), self.values.dtype).at[self.idx, cols].add(self.values)
+
+    def marginals(self) -> tuple[jax.Array, jax.Array]:
+        """``(T 1, T^T 1)``."""
+        rows = jax.ops.segment_sum(self.values.ravel(), self.idx.ravel(),
+                                   num_segments=self.a.shape[0])
+        return rows, jnp.sum(self.values, axis=1)
+
+
+def _kept(gt, alpha, k) -> _Columns:
+    """Top k of ``alpha - c_j`` for every column j (gt: the transposed geometry); every row
+    when ``k >= n`` (no selection: quadratic OT)."""
+    m, n = gt.shape
+    if k >= n:
+        return _Columns(jnp.broadcast_to(jnp.arange(n)[None, :], (m, n)), gt.cost_matrix)
+    idx, cost = gt.row_top_k(alpha, jnp.asarray(1.0, alpha.dtype), k)
+    return _Columns(idx, cost)
+
+
+def _semi_dual_columns(alpha, cols: _Columns, b, gamma):
+    """y_j (m, k) on the kept entries, and column j's max_Omega value."""
+    x = alpha[cols.idx] - cols.cost
+    on = b > 0
+    gb = gamma * jnp.where(on, b, 1.0)[:, None]
+    z = x / gb
+    y = jnp.maximum(z - simplex_threshold(z, axis=1), 0.0)
+    y = jnp.where(on[:, None], y, 0.0)
+    val = jnp.sum(y * x, axis=1) - 0.5 * gb[:, 0] * jnp.sum(y * y, axis=1)
+    return y, val
+
+
+def _dual_columns(alpha, beta, cols: _Columns, gamma):
+    s = jnp.maximum(alpha[cols.idx] + beta[:, None] - cols.cost, 0.0)
+    return s / gamma, jnp.sum(s * s, axis=1) / (2.0 * gamma)
+
+
+def _objective(params, gt, a, b, gamma, k, formulation):
+    """(value to maximise, plan values (m, k), cols) at ``params``."""
+    if formulation == "semi-dual":
+        alpha = params
+        cols = _kept(gt, alpha, k)
+        y, val = _semi_dual_columns(alpha, cols, b, gamma)
+        return jnp.dot(alpha, a) - jnp.dot(b, val), b[:, None] * y, cols
+    alpha, beta = params
+    cols = _kept(gt, alpha, k)
+    t, val = _dual_columns(alpha, beta, cols, gamma)
+    return jnp.dot(alpha, a) + jnp.dot(beta, b) - jnp.sum(val), t, cols
+
+
+def _marginal_grad(params, t, cols, a, b, formulation):
+    rows = jax.ops.segment_sum(t.ravel(), cols.idx.ravel(), num_segments=a.shape[0])
+    if formulation == "semi-dual":
+        return a - rows
+    return a - rows, b - jnp.sum(t, axis=1)
+
+
+def _make_loss(gt, a, b, gamma, k, formulation):
+    """-objective with its exact (Danskin) gradient -(a - T1[, b - T^T 1])."""
+
+    @jax.custom_vjp
+    def loss(params):
+        return -_objective(params, gt, a, b, gamma, k, formulation)[0]
+
+    def fwd(params):
+        val, t, cols = _objective(params, gt, a, b, gamma, k, formulation)
+        return -val, _marginal_grad(params, t, cols, a, b, formulation)
+
+    def bwd(grad, ct):
+        return (jax.tree_util.tree_map(lambda g: -ct * g, grad),)
+
+    loss.defvjp(fwd, bwd)
+    return loss
+
+
+def _error(grad, formulation):
+    leaves = jax.tree_util.tree_leaves(grad)
+    if formulation == "semi-dual":  # the column marginal is exact by construction
+        return jnp.sum(jnp.abs(leaves[0]))
+    return sum(jnp.sum(jnp.abs(g)) for g in leaves)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "formulation", "max_iter", "memory", "solver"))
+def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
+    in_dtype = geom.dtype
+    dtype = jnp.float64 if in_dtype == jnp.float64 else jnp.float32
+    geom = geom.astype(dtype) if in_dtype != dtype else geom
+    n, m = geom.shape
+    a = jnp.full((n,), 1.0 / n, dtype) if a is None else a.astype(dtype)
+    b = jnp.full((m,), 1.0 / m, dtype) if b is None else b.astype(dtype)
+    a, b, status = _checks.repair_weights(a, b)
+    gamma = jnp.asarray(gamma, dtype)
+    live = geom.materialize()
+    sg = jax.lax.stop_gradient
+    gt = jax.tree_util.tree_map(sg, live.transpose())
+    a_s, b_s, gamma_s = sg(a), sg(b), sg(gamma)
+    loss = _make_loss(gt, a_s, b_s, gamma_s, k, formulation)
+    if k >= n:  # quadratic OT: start from exact block ascent (every row and column active)
+        alpha0, beta0 = _qot_newton.block_ascent(sg(live.cost_matrix), a_s, b_s, gamma_s,
+                                                 INIT_SWEEPS)
+    else:
+        alpha0, beta0 = jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
+    p0 = alpha0 if formulation == "semi-dual" else (alpha0, beta0)
+    run_tol = jnp.maximum(tol, NEWTON_SWITCH) if solver == "newton" else tol  # L-BFGS stage
+    opt = optax.lbfgs(memory_size=memory,
+                      linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=30))
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def body(c):
+        p, st, it, _, _, stall, prev, p_best, err_best = c
+        value, grad = value_and_grad(p, state=st)
+        upd, st = opt.update(grad, st, p, value=value, grad=grad, value_fn=loss)
+        p = optax.apply_updates(p, upd)
+        new_value = optax.tree_utils.tree_get(st, "value")
+        err = _error(optax.tree_utils.tree_get(st, "grad"), formulation)
+        # stationarity: no decrease of the loss by more than flat_tol (relative) for
+        # STALL_STEPS steps (the nonsmooth relaxation jitters at its optimum)
+        flat_tol = jnp.maximum(10 * jnp.finfo(dtype).eps, FLAT_RTOL * tol)
+        better = new_value < prev - flat_tol * (1.0 + jnp.abs(prev))
+        stall = jnp.where(better, 0, stall + 1)
+        # keep the iterate with the smallest marginal error (on the nonsmooth relaxation the
+        # last iterate's plan can be further from the marginals than an earlier one's)
+        keep = err <= err_best
+        p_best = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), p, p_best)
+        return (p, st, it + 1, err, err <= run_tol, stall, jnp.where(better, new_value, prev),
+                p_best, jnp.minimum(err, err_best))
+
+    def cond(c):
+        return ~c[4] & (c[5] < STALL_STEPS) & (c[2] < max_iter)
+
+    inf = jnp.asarray(jnp.inf, dtype)
+    init = (p0, opt.init(p0), jnp.array(0, jnp.int32), inf, jnp.array(False), jnp.array(0),
+            loss(p0), p0, inf)
+    _, _, it, _, done, stall, _, p, err = jax.lax.while_loop(cond, body, init)
+    if solver == "newton":  # semi-smooth Newton from the L-BFGS warm start (dual, k = n)
+        C_s = sg(live.cost_matrix)
+        alpha, beta, it_n, err, _ = _qot_newton.solve(C_s, a_s, b_s, gamma_s, tol, p[0], p[1],
+                                                       max_iter=max_iter, cg_max_iter=500)
+        p, it, done, stall = (alpha, beta), it + it_n, err <= tol, jnp.array(0)
+    p = sg(p)
+    ok = jax.tree_util.tree_reduce(lambda acc, z: acc & jnp.all(jnp.isfinite(z)), p,
+                                   jnp.array(True))
+    p = jax.tree_util.tree_map(lambda z: jnp.where(ok, z, 0.0), p)
+    # value with envelope gradients: the solve is held fixed, C (or x, y), a, b stay live
+    alpha = p if formulation == "semi-dual" else p[0]
+    cols = _kept(sg(gt), alpha, k)
+    live_t = live.transpose()
+    c_live = jnp.take_along_axis(live_t.cost_matrix, cols.idx, axis=1) if isinstance(
+        live_t, CostMatrix) else _kept(live_t, alpha, k).cost
+    cols = _Columns(cols.idx, c_live)
+    if formulation == "semi-dual":
+        y, val = _semi_dual_columns(alpha, _Columns(cols.idx, sg(c_live)), b_s, gamma_s)
+        x = alpha[cols.idx] - cols.cost
+        gb = gamma * b[:, None]
+        col_val = jnp.sum(sg(y) * x, axis=1) - 0.5 * gb[:, 0] * jnp.sum(sg(y) ** 2, axis=1)
+        cost = jnp.dot(alpha, a) - jnp.dot(b, col_val)
+        t = b_s[:, None] * y
+        beta = -sg(val)
+    else:
+        beta = p[1]
+        t, _ = _dual_columns(alpha, beta, _Columns(cols.idx, sg(c_live)), gamma_s)
+        s = jnp.maximum(alpha[cols.idx] + beta[:, None] - cols.cost, 0.0)
+        cost = jnp.dot(alpha, a) + jnp.dot(beta, b) - jnp.sum(s * s) / (2.0 * gamma)
+    rows = jax.ops.segment_sum(t.ravel(), cols.idx.ravel(), num_segments=n)
+    error = jnp.sum(jnp.abs(rows - a_s)) + jnp.sum(jnp.abs(jnp.sum(t, axis=1) - b_s))
+    primal = jnp.sum(t * cols.cost) + 0.5 * gamma * jnp.sum(t * t)
+    converged = (done | (stall >= STALL_STEPS)) & ok
+    solve_status = jnp.where(~ok, Status.NUMERICAL, jnp.where(converged, Status.SUCCESS,
+                                                             Status.MAX_ITER))
+    status = jnp.where(status != Status.SUCCESS, status, solve_status).astype(jnp.int32)
+    cast = (lambda z: z.astype(in_dtype)) if in_dtype != dtype else (lambda z: z)
+    return SparseOTResult(cost=cast(cost), primal=cast(primal), alpha=cast(alpha),
+                          beta=cast(beta), converged=converged, n_iters=it, error=cast(error),
+                          status=status, idx=cols.idx, values=cast(t), a=a, b=b)
+
+
+def _validate(fn, geom, a, b, gamma, tol, max_iter, formulation, memory, solver="lbfgs"):
+    geom = as_geometry(geom, fn)
+    n, m = geom.shape
+    dtype = jnp.dtype(jnp.float64 if geom.dtype == jnp.float64 else jnp.float32)
+    if a is not None or b is not None:
+        a = _checks.check_weights(a, n, "a", dtype, fn)
+        b = _checks.check_weights(b, m, "b", dtype, fn)
+        _checks.check_weight_values(a, b, fn)
+    if gamma is None or (_checks.is_concrete(gamma) and not float(gamma) > 0):
+        raise ValueError(f"{fn}: `gamma` must be a positive float (the regulariser is "
+                         f"(gamma / 2) |T|^2, POT's `reg`), got {gamma!r}.")
+    _checks.check_positive_float(gamma, "gamma", fn)
+    tol = (1e-6 if dtype == jnp.float64 else 1e-4) if tol is None else tol
+    _checks.check_positive_float(tol, "tol", fn)
+    max_iter = _checks.check_positive_int(max_iter, "max_iter", fn)
+    memory = _checks.check_positive_int(memory, "memory", fn)
+    _checks.check_option(formulation, "formulation", ("semi-dual", "dual"), fn)
+    _checks.check_option(solver, "solver", ("lbfgs", "newton"), fn)
+    if solver == "newton" and formulation != "dual":
+        raise ValueError(f"{fn}: solver='newton' works on the dual; pass formulation='dual'.")
+    if solver == "newton" and getattr(geom, "is_blocked", False):
+        raise ValueError(f"{fn}: solver='newton' needs a materialised cost (block_size=None).")
+    return geom, a, b, tol, max_iter, memory
+
+
+def sparse_ot(
+    geom: Any,
+    a: jax.Array | None = None,
+    b: jax.Array | None = None,
+    *,
+    k: int,
+    gamma: float | jax.Array = 0.1,
+    formulation: str = "semi-dual",
+    max_iter: int = 1000,
+    tol: float | None = None,
+    memory: int = 10,
+) -> SparseOTResult:
+    r"""Optimal transport with at most ``k`` nonzeros per column of the plan (Liu, Puigcerver
+    and Blondel, ICLR 2023), through its smooth relaxation (module doc).
+
+    .. math::
+        \min_{T \in U(a, b),\ \|t_j\|_0 \le k} \langle T, C\rangle + \tfrac\gamma2\|T\|^2
+
+    Args:
+      geom: a :class:`~otreg.CostMatrix`, a :class:`~otreg.PointCloud` (blocked: the top k of
+        each column is found block by block, memory O(m k + (n + m) block_size)) or an array.
+      a, b: weights (n,) and (m,), equal sums; ``None`` is uniform. Columns (``b``) are the
+        side whose plan columns are k-sparse (e.g. experts receiving at most k tokens).
+      k: most nonzeros per column, ``1 <= k <= n`` (static). ``k = 1`` is unregularised OT's
+        semi-dual (one-hot columns); ``k = n`` is :func:`quadratic_ot`.
+      gamma: the regulariser :math:`\frac\gamma2\|T\|^2` (POT's ``reg``), in cost units.
+      formulation: ``"semi-dual"`` (columns meet ``b`` exactly; default) or ``"dual"``.
+      max_iter: most L-BFGS iterations. tol: L1 marginal error to stop at (default 1e-6 in
+        float64, 1e-4 in float32). memory: L-BFGS history length.
+
+    Returns:
+      :class:`SparseOTResult`. Every column has at most k nonzeros by construction (the plan's
+      static sparse form stores exactly k slots per column).
+
+    Raises:
+      ValueError / TypeError: bad shapes, ``k < 1``, ``k > n``, ``gamma <= 0``, unknown
+      ``formulation``; negative weights or unequal masses when concrete (under ``jit`` they are
+      repaired and reported in ``status``).
+
+    Failure modes: the relaxation may leave a row-marginal gap (ALGORITHMS.md 4.4) that no solver
+    closes; then L-BFGS stops on stationarity of the objective, ``converged`` is True and the gap
+    is in ``error``. Gradients: ``cost`` by the envelope theorem (C or x, y; a; b): the
+    gradient in C is the plan; exact where the relaxation is tight (``error`` at ``tol``; always
+    for :func:`quadratic_ot`), a supergradient of the relaxed value otherwise. The plan itself is
+    returned under ``stop_gradient`` (differentiate ``cost``).
+    """
+    fn = "sparse_ot"
+    geom, a, b, tol, max_iter, memory = _validate(fn, geom, a, b, gamma, tol, max_iter,
+                                                  formulation, memory)
+    n = geom.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{fn}: `k` must be a Python int (nonzeros per column), got {k!r}.")
+    if not 1 <= k <= n:
+        raise ValueError(f"{fn}: `k` must satisfy 1 <= k <= n = {n} (nonzeros per column), "
+                         f"got {k}; use quadratic_ot for the unconstrained limit.")
+    return _solve(geom, a, b, gamma, tol, k=k, formulation=formulation, max_iter=max_iter,
+                  memory=memory, solver="lbfgs")
+
+
+def quadratic_ot(
+    geom: Any,
+    a: jax.Array | None = None,
+    b: jax.Array | None = None,
+    *,
+    gamma: float | jax.Array = 0.1,
+    formulation: str = "dual",
+    max_iter: int = 1000,
+    tol: float | None = None,
+    memory: int = 10,
+    solver: str = "newton",
+) -> SparseOTResult:
+    r"""Quadratic-regularised OT (Blondel, Seguy and Rolet, AISTATS 2018): sparse plans without
+    a cardinality constraint, :func:`sparse_ot` with ``k = n``.
+
+    .. math::
+        \min_{T \in U(a, b)} \langle T, C\rangle + \tfrac\gamma2\|T\|^2
+
+    Smooth (semi-)dual, so the marginals are met to ``tol``. Arguments and result as in
+    :func:`sparse_ot`; ``idx``/``values`` hold all n rows of each column (``plan()`` is the
+    natural form). The cost is materialised.
+
+    Args:
+      solver: ``"newton"`` (default; with ``formulation="dual"``): L-BFGS to an L1 marginal
+        error of 1e-2, then semi-smooth Newton on the dual (:mod:`otreg._qot_newton`),
+        superlinear once the plan's support is found, fastest to tight tolerances.
+        ``"lbfgs"``: L-BFGS throughout (either formulation); its line search cannot resolve the
+        objective's decrease below about 1e-6 L1 error in float64 and stops on stationarity.
+      gamma, formulation, max_iter, tol, memory: as in :func:`sparse_ot` (``max_iter`` bounds
+        each stage).
+    """
+    fn = "quadratic_ot"
+    geom, a, b, tol, max_iter, memory = _validate(fn, geom, a, b, gamma, tol, max_iter,
+                                                  formulation, memory, solver)
+    return _solve(geom, a, b, gamma, tol, k=geom.shape[0], formulation=formulation,
+                  max_iter=max_iter, memory=memory, solver=solver)

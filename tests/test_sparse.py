@@ -1,0 +1,178 @@
+"""Sparsity-constrained and quadratic-regularised OT against POT, the exact LP and limits."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot
+import pytest
+from conftest import clouds, sqdist
+from scipy.optimize import linear_sum_assignment
+
+import otreg
+from otreg._simplex import simplex_threshold
+from otreg.status import Status
+
+
+def _problem(rng, n, m, d=2, uniform=True):
+    x, y, a, b = clouds(rng, n, m, d)
+    C = sqdist(x, y)
+    C /= C.max()
+    if uniform:
+        a, b = np.full(n, 1 / n), np.full(m, 1 / m)
+    return C, a, b
+
+
+def _pot(fn, *args, **kw):
+    with contextlib.redirect_stdout(io.StringIO()):  # POT's sparsity code prints shapes
+        return fn(*args, **kw)
+
+
+def test_simplex_threshold_matches_sorting(rng, x64):
+    z = rng.normal(size=(7, 13)) * 3
+    z[2, 5:] = -np.inf  # excluded entries
+    y = np.maximum(z - np.asarray(simplex_threshold(jnp.asarray(z), axis=1)), 0)
+    for row, out in zip(z, y, strict=True):
+        u = np.sort(row[np.isfinite(row)])[::-1]
+        css = np.cumsum(u) - 1
+        rho = np.nonzero(u - css / np.arange(1, len(u) + 1) > 0)[0][-1]
+        ref = np.maximum(row - css[rho] / (rho + 1), 0)
+        np.testing.assert_allclose(out, ref, atol=1e-12)
+        assert abs(out.sum() - 1) < 1e-12
+
+
+@pytest.mark.parametrize("solver,formulation", [("newton", "dual"), ("lbfgs", "semi-dual")])
+def test_quadratic_matches_pot(rng, x64, solver, formulation):
+    n, m = int(rng.integers(40, 80)), int(rng.integers(40, 80))
+    C, a, b = _problem(rng, n, m, uniform=False)
+    gamma = float(rng.choice([0.05, 0.1]))
+    res = otreg.quadratic_ot(C, a, b, gamma=gamma, tol=1e-9, solver=solver,
+                             formulation=formulation)
+    assert bool(res.converged) and int(res.status) == Status.SUCCESS
+    T = ot.smooth.smooth_ot_dual(a, b, C, gamma, reg_type="l2", stopThr=1e-14,
+                                 numItermax=100_000)
+    P = np.asarray(res.plan())
+    tol = 1e-6 if solver == "newton" else 5e-6  # L-BFGS stops near its precision floor
+    np.testing.assert_allclose(P, T, atol=tol)
+    np.testing.assert_allclose(float(res.primal), (P * C).sum() + gamma / 2 * (P ** 2).sum(),
+                               rtol=1e-12)
+    # F(alpha) = primal(T) + <alpha, a - T 1> (semi-dual) / + <beta, b - T^T 1> (dual): a tiny
+    # duality gap at convergence; weak duality against a feasible plan, a (x) b
+    assert abs(float(res.primal) - float(res.cost)) <= 1e-6 * float(res.primal)
+    ab = np.outer(a, b)
+    assert float(res.cost) <= (ab * C).sum() + gamma / 2 * (ab ** 2).sum()
+    rows, cols = res.marginals()
+    assert np.abs(np.asarray(rows) - a).sum() + np.abs(np.asarray(cols) - b).sum() <= 2e-6
+
+
+def test_sparse_cardinality_marginals_and_pot(rng, x64):
+    n = m = 60
+    C, a, b = _problem(rng, n, m)
+    gamma = 0.05
+    values = []
+    for k in (1, 2, 4):
+        res = otreg.sparse_ot(C, a, b, k=k, gamma=gamma, tol=1e-9)
+        P = np.asarray(res.plan())
+        assert ((P != 0).sum(axis=0) <= k).all()  # counted, not thresholded
+        idx, vals = res.plan_sparse()
+        assert idx.shape == (m, k) and vals.shape == (m, k)
+        np.testing.assert_allclose(P.sum(0), b, atol=1e-14)  # the semi-dual meets b exactly
+        row_err = np.abs(P.sum(1) - a).sum()
+        np.testing.assert_allclose(float(res.error), row_err, rtol=1e-6, atol=1e-14)
+        T = _pot(ot.smooth.smooth_ot_semi_dual, a, b, C, gamma, reg_type="sparsity_constrained",
+                 max_nz=k, stopThr=1e-12, numItermax=10_000)
+        pot_err = np.abs(T.sum(1) - a).sum()
+        assert row_err <= pot_err * 1.05 + 1e-6, (k, row_err, pot_err)
+        # weak duality against a feasible k-sparse plan: the optimal assignment (k = 1)
+        r, c = linear_sum_assignment(C)
+        assert float(res.cost) <= C[r, c].sum() / n + gamma / (2 * n) + 1e-12
+        values.append(float(res.cost))
+    # more freedom, lower value; k >= support of the quadratic plan gives quadratic OT
+    assert values[0] >= values[1] - 1e-10 >= values[2] - 2e-10
+    q = otreg.quadratic_ot(C, a, b, gamma=gamma, tol=1e-10)
+    k_big = int((np.asarray(q.plan()) > 0).sum(0).max()) + 1
+    big = otreg.sparse_ot(C, a, b, k=k_big, gamma=gamma, tol=1e-9)
+    np.testing.assert_allclose(np.asarray(big.plan()), np.asarray(q.plan()), atol=2e-6)
+    np.testing.assert_allclose(float(big.cost), float(q.cost), rtol=1e-7)
+
+
+def test_k1_is_the_assignment(rng, x64):
+    n = 40
+    C, a, b = _problem(rng, n, n)
+    res = otreg.sparse_ot(C, a, b, k=1, gamma=0.1)
+    P = np.asarray(res.plan())
+    assert ((P > 0).sum(0) == 1).all()
+    r, c = linear_sum_assignment(C)
+    exact = C[r, c].sum() / n
+    assert abs((P * C).sum() - exact) <= 0.01 * exact
+    # the k = 1 semi-dual is unregularised OT's up to gamma/2 |b|^2 (ALGORITHMS.md 4.4)
+    np.testing.assert_allclose(float(res.cost), exact + 0.05 * (b ** 2).sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_converges_in_both_dtypes_and_blocked(rng, dtype):
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", dtype == jnp.float64)
+    try:
+        n, m, d = 80, 70, 3
+        x, y, a, b = clouds(rng, n, m, d)
+        scale = float(sqdist(x, y).max())
+        x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+        tol = 1e-4 if dtype == jnp.float32 else 1e-7
+        dense = otreg.sparse_ot(otreg.PointCloud(x, y, scale_cost=scale), k=8, gamma=0.02,
+                                tol=tol)
+        blocked = otreg.sparse_ot(otreg.PointCloud(x, y, scale_cost=scale, block_size=16), k=8,
+                                  gamma=0.02, tol=tol)
+        for res in (dense, blocked):
+            assert bool(res.converged) and res.cost.dtype == dtype
+            assert bool(jnp.isfinite(res.cost))
+        rtol = 1e-3 if dtype == jnp.float32 else 1e-6
+        np.testing.assert_allclose(float(dense.cost), float(blocked.cost), rtol=rtol)
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def test_jit_vmap_and_envelope_gradient(rng, x64):
+    n, m = 15, 12
+    C, a, b = _problem(rng, n, m, uniform=False)
+    f = jax.jit(lambda C: otreg.sparse_ot(C, a, b, k=3, gamma=0.1, tol=1e-12).cost)
+    g = jax.grad(f)(jnp.asarray(C))
+    res = otreg.sparse_ot(C, a, b, k=3, gamma=0.1, tol=1e-12)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(res.plan()), atol=1e-12)  # dF/dC = T
+    # finite differences where the problem is smooth (quadratic OT; for small k the relaxation
+    # leaves a marginal gap and the value is only directionally differentiable)
+    direction = rng.normal(size=C.shape)
+    h = 1e-6
+    q = jax.grad(lambda C: otreg.quadratic_ot(C, a, b, gamma=0.1, tol=1e-12).cost)(
+        jnp.asarray(C))
+    fq = lambda C: float(otreg.quadratic_ot(C, a, b, gamma=0.1, tol=1e-12).cost)  # noqa: E731
+    fdq = (fq(C + h * direction) - fq(C - h * direction)) / (2 * h)
+    np.testing.assert_allclose(float(jnp.vdot(q, direction)), fdq, rtol=1e-5)
+    Cs = jnp.asarray(rng.uniform(size=(3, n, m)))
+    batched = jax.vmap(lambda C: otreg.sparse_ot(C, k=2, gamma=0.1).cost)(Cs)
+    single = [float(otreg.sparse_ot(C, k=2, gamma=0.1).cost) for C in Cs]
+    np.testing.assert_allclose(np.asarray(batched), single, rtol=1e-8)
+
+
+def test_bad_input():
+    C = jnp.ones((5, 4))
+    for k, err in ((0, ValueError), (6, ValueError), (1.5, TypeError)):
+        with pytest.raises(err, match="`k`"):
+            otreg.sparse_ot(C, k=k)
+    for gamma in (0.0, -1.0):
+        with pytest.raises(ValueError, match="gamma"):
+            otreg.sparse_ot(C, k=2, gamma=gamma)
+        with pytest.raises(ValueError, match="gamma"):
+            otreg.quadratic_ot(C, gamma=gamma)
+    with pytest.raises(ValueError, match="formulation"):
+        otreg.sparse_ot(C, k=2, formulation="primal")
+    with pytest.raises(ValueError, match="solver"):
+        otreg.quadratic_ot(C, solver="adam")
+    with pytest.raises(ValueError, match="mass"):
+        otreg.sparse_ot(C, jnp.ones(5) / 5, jnp.ones(4), k=2)
+    out = jax.jit(lambda a: otreg.sparse_ot(C, a, jnp.ones(4) / 4, k=2))(jnp.ones(5) / 2)
+    assert int(out.status) == Status.MASS_MISMATCH and bool(jnp.isfinite(out.cost))
