@@ -20,6 +20,8 @@ def test_demo_prints_table(capsys):
     assign = [line for line in out.splitlines() if "assignment" in line]
     assert len(assign) == 2 and assign[1].startswith("sns") and assign[1].rstrip().endswith("True")
     assert int(assign[1].split()[-3]) < int(assign[0].split()[-3])  # SNS: fewer iterations
+    sparse = [line for line in out.splitlines() if line.startswith(("quadratic_ot", "sparse_ot"))]
+    assert len(sparse) == 2 and all(line.rstrip().endswith("True") for line in sparse)
     rows = [line for line in out.splitlines()
             if line.startswith("sinkhorn") and "assignment" not in line]
     assert len(rows) == 4 and all(line.rstrip().endswith("True") for line in rows)
@@ -56,6 +58,22 @@ def test_distance_sliced(tmp_path, rng, capsys):
     assert cli.main(["distance", str(px), str(py), "--method", "sliced"]) == 0
     value = float(capsys.readouterr().out.strip().splitlines()[0])
     assert 0.2 < value ** 2 < 0.5  # E[(theta . t)^2] = |t|^2 / d = 1/3, estimated
+
+
+def test_distance_sparse(tmp_path, rng, x64, capsys):
+    x, y = rng.standard_normal((30, 2)), rng.standard_normal((30, 2)) + 1
+    px, py = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(px, x)
+    np.save(py, y)
+    assert cli.main(["distance", str(px), str(py), "--method", "quadratic", "--x64",
+                     "--gamma", "0.5", "--tol", "1e-9"]) == 0
+    value = float(capsys.readouterr().out.strip())
+    a = np.full(30, 1 / 30)
+    T = ot.smooth.smooth_ot_dual(a, a, ot.dist(x, y), 0.5, reg_type="l2", stopThr=1e-14,
+                                 numItermax=100_000)
+    np.testing.assert_allclose(value, (T * ot.dist(x, y)).sum() + 0.25 * (T ** 2).sum(),
+                               rtol=1e-5)
+    assert cli.main(["distance", str(px), str(py), "--method", "sparse", "--k", "1"]) == 0
 
 
 def test_distance_errors(tmp_path, capsys):

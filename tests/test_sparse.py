@@ -176,3 +176,15 @@ def test_bad_input():
         otreg.sparse_ot(C, jnp.ones(5) / 5, jnp.ones(4), k=2)
     out = jax.jit(lambda a: otreg.sparse_ot(C, a, jnp.ones(4) / 4, k=2))(jnp.ones(5) / 2)
     assert int(out.status) == Status.MASS_MISMATCH and bool(jnp.isfinite(out.cost))
+
+
+def test_plans_figure(x64):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from otreg import plots
+    C, a, b = plots.gaussian_1d_problem(40)
+    fig = plots.sparse_plans_figure(C, a, b, ks=(1, 2, None))
+    assert len(fig.axes) == 3
+    assert fig.axes[0].get_title().startswith("k = 1\nmax nnz/col 1")
