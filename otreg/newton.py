@@ -64,7 +64,9 @@ __all__ = ["sns", "choose_solver", "EllHessian", "ell_hessian", "hessian_matvec"
 
 SHIFT_MAX = 1e-3  # largest relative diagonal shift of the sparsified Hessian
 ARMIJO = 1e-4  # sufficient decrease of the gradient-norm merit
-STALL_STEPS = 3  # Newton steps without a new best error before giving up (floating-point floor)
+STALL_STEPS = 3  # steps without a new best error before giving up (floating-point floor)
+NEWTON_MIN_GAIN = 1.25  # a Newton step dividing the error by less than this is weak ...
+WEAK_STEPS = 2  # ... and this many in a row are followed by a Sinkhorn block
 
 
 class EllHessian(NamedTuple):
@@ -149,6 +151,7 @@ class _State(NamedTuple):
     n_cg: jax.Array
     n_fallback: jax.Array  # failed line searches
     n_capped: jax.Array  # CG solves stopped by cg_max_iter
+    weak: jax.Array  # consecutive Newton steps that gained less than NEWTON_MIN_GAIN
     errors: jax.Array
     done: jax.Array
     failed: jax.Array
@@ -174,7 +177,7 @@ def _newton_loop(pb: loops.Problem, f, g, it0, *, keep, keep_mass, max_iter, cg_
     zero = jnp.array(0, jnp.int32)
     n_hist = -(-max_iter // check_every)
     init = _State(f, g, rows, cols, err, merit, err, zero, zero, zero, zero, zero, zero, zero,
-                  -jnp.ones((n_hist,), dtype), fine & (err <= tol), ~fine)
+                  zero, -jnp.ones((n_hist,), dtype), fine & (err <= tol), ~fine)
     final_pb = pb._replace(n_stages=zero, eps0=eps)
 
     def direction(s: _State, h: EllHessian):
@@ -219,21 +222,30 @@ def _newton_loop(pb: loops.Problem, f, g, it0, *, keep, keep_mass, max_iter, cg_
         out, n = jax.lax.cond(ok, lambda: (out, zero), lambda: sinkhorn_block(s))
         return out, n, k, ok
 
-    def body(s: _State):
+    def sinkhorn_step(s: _State):
+        return (*sinkhorn_block(s), zero, jnp.array(True), jnp.array(False))
+
+    def newton_or_sinkhorn(s: _State):
         h = ell_hessian(geom, a, b, eps, s.f, s.g, s.rows, s.cols, keep)
         kept = jnp.sum(h.vals) >= keep_mass * jnp.sum(s.rows)
-        out, n, k, ok = jax.lax.cond(kept, lambda: newton(s, h),
-                                     lambda: (*sinkhorn_block(s), zero, jnp.array(True)))
+        return jax.lax.cond(kept, lambda: (*newton(s, h), jnp.array(True)),
+                            lambda: sinkhorn_step(s))
+
+    def body(s: _State):
+        # after WEAK_STEPS weak Newton steps (little gain) one Sinkhorn block, then Newton again
+        out, n, k, ok, took_newton = jax.lax.cond(s.weak >= WEAK_STEPS, sinkhorn_step,
+                                                  newton_or_sinkhorn, s)
         f, g, rows, cols, err, merit = out
         good = jnp.isfinite(err) & jnp.all(jnp.isfinite(f)) & jnp.all(jnp.isfinite(g))
         better = err < s.best
         stall = jnp.where(better, 0, s.stall + 1)
-        newton_steps = s.newton + jnp.where(kept, 1, 0)
+        weak = jnp.where(took_newton & ~(err * NEWTON_MIN_GAIN <= s.err), s.weak + 1, 0)
+        newton_steps = s.newton + jnp.where(took_newton, 1, 0)
         if progress is not None:
             jax.debug.callback(progress, it0 + s.sweeps + n + newton_steps, err, eps)
         new = _State(f, g, rows, cols, err, merit, jnp.minimum(err, s.best), stall, s.step + 1,
                      newton_steps, s.sweeps + n, s.n_cg + k, s.n_fallback + jnp.where(ok, 0, 1),
-                     s.n_capped + jnp.where(k >= cg_max_iter, 1, 0),
+                     s.n_capped + jnp.where(k >= cg_max_iter, 1, 0), weak,
                      s.errors.at[s.step].set(err, mode="drop"), err <= tol, jnp.array(False))
         return jax.tree_util.tree_map(lambda n, o: jnp.where(good, n, o), new,
                                       s._replace(failed=jnp.array(True)))
@@ -298,7 +310,7 @@ def sns(
     warmup_iter: int = 1000,
     warmup_tol: float = 0.1,
     keep: int | float = 10,
-    keep_mass: float = 0.5,
+    keep_mass: float = 0.9,
     tol: float | None = None,
     max_iter: int = 10_000,
     cg_tol: float | None = None,

@@ -233,9 +233,15 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     _, _, it, _, done, stall, _, p, err = jax.lax.while_loop(cond, body, init)
     if solver == "newton":  # semi-smooth Newton from the L-BFGS warm start (dual, k = n)
         C_s = sg(live.cost_matrix)
+        if formulation == "semi-dual":  # the dual beta implied by alpha: beta_j = -gamma b_j tau_j
+            cols = _kept(gt, p, k)
+            gb = gamma_s * jnp.where(b_s > 0, b_s, 1.0)[:, None]
+            tau = simplex_threshold((p[cols.idx] - cols.cost) / gb, axis=1)
+            p = (p, -gb[:, 0] * tau[:, 0])
         alpha, beta, it_n, err, _ = _qot_newton.solve(C_s, a_s, b_s, gamma_s, tol, p[0], p[1],
                                                        max_iter=max_iter, cg_max_iter=500)
         p, it, done, stall = (alpha, beta), it + it_n, err <= tol, jnp.array(0)
+        formulation = "dual"  # the result is the dual pair
     p = sg(p)
     ok = jax.tree_util.tree_reduce(lambda acc, z: acc & jnp.all(jnp.isfinite(z)), p,
                                    jnp.array(True))
@@ -291,8 +297,6 @@ def _validate(fn, geom, a, b, gamma, tol, max_iter, formulation, memory, solver=
     memory = _checks.check_positive_int(memory, "memory", fn)
     _checks.check_option(formulation, "formulation", ("semi-dual", "dual"), fn)
     _checks.check_option(solver, "solver", ("lbfgs", "newton"), fn)
-    if solver == "newton" and formulation != "dual":
-        raise ValueError(f"{fn}: solver='newton' works on the dual; pass formulation='dual'.")
     if solver == "newton" and getattr(geom, "is_blocked", False):
         raise ValueError(f"{fn}: solver='newton' needs a materialised cost (block_size=None).")
     return geom, a, b, tol, max_iter, memory
@@ -363,7 +367,7 @@ def quadratic_ot(
     b: jax.Array | None = None,
     *,
     gamma: float | jax.Array = 0.1,
-    formulation: str = "dual",
+    formulation: str = "semi-dual",
     max_iter: int = 1000,
     tol: float | None = None,
     memory: int = 10,
@@ -380,9 +384,9 @@ def quadratic_ot(
     natural form). The cost is materialised.
 
     Args:
-      solver: ``"newton"`` (default; with ``formulation="dual"``): L-BFGS to an L1 marginal
-        error of 1e-2, then semi-smooth Newton on the dual (:mod:`otreg._qot_newton`),
-        superlinear once the plan's support is found, fastest to tight tolerances.
+      solver: ``"newton"`` (default): L-BFGS on ``formulation`` to an L1 marginal error of 1e-2,
+        then semi-smooth Newton on the dual (:mod:`otreg._qot_newton`), superlinear once the
+        plan's support is found, fastest to tight tolerances; the result holds the dual pair.
         ``"lbfgs"``: L-BFGS throughout (either formulation); its line search cannot resolve the
         objective's decrease below about 1e-6 L1 error in float64 and stops on stationarity.
       gamma, formulation, max_iter, tol, memory: as in :func:`sparse_ot` (``max_iter`` bounds
