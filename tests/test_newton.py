@@ -162,7 +162,8 @@ def test_forced_failure_is_finite_and_explained(rng, x64):
     """One kept entry per row and a CG budget of 1: no convergence, finite output, a status
     that names the cause."""
     C = _assignment(rng, 80)
-    res = otreg.sns(C, epsilon=1 / 1200, tol=1e-12, keep=1, cg_max_iter=1, max_iter=80,
+    res = otreg.sns(C, epsilon=1 / 1200, tol=1e-12, keep=1, keep_mass=0.01, cg_max_iter=1,
+                    max_iter=80,
                     warmup_iter=20)
     assert not bool(res.converged)
     assert int(res.status) == Status.NEWTON_STALLED
