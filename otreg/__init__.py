@@ -4,7 +4,7 @@ Pure, jittable, vmappable, differentiable functions; float32 by default, float64
 ``jax_enable_x64``; no NaN from finite inputs.
 """
 
-from otreg import costs, losses
+from otreg import costs, losses, transforms
 from otreg.divergence import DivergenceAux, sinkhorn_divergence
 from otreg.geometry import CostMatrix, PointCloud
 from otreg.newton import sns
@@ -33,6 +33,7 @@ __all__ = [
     "sliced_w2",
     "sns",
     "sparse_ot",
+    "transforms",
     "wasserstein_1d",
     "__version__",
 ]
