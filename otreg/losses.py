@@ -12,14 +12,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from otreg import _checks
 from otreg.divergence import sinkhorn_divergence
-from otreg.geometry import CostMatrix
+from otreg.geometry import CostMatrix, PointCloud
 from otreg.newton import choose_solver
 from otreg.sliced import sliced_w2
+from otreg.sparse import sparse_ot
 
-__all__ = ["sinkhorn_divergence_loss", "sliced_w2_loss", "wasserstein_label_loss"]
+__all__ = ["sinkhorn_divergence_loss", "sliced_w2_loss", "wasserstein_label_loss",
+           "sparse_ot_loss"]
 
 
 def _flat_map(fn, batch_shape, *arrays):
@@ -168,10 +171,11 @@ def wasserstein_label_loss(
         if labels.shape != logits.shape[:-1]:
             raise ValueError(f"{fn}: integer `labels` must have shape {logits.shape[:-1]}, "
                              f"got {labels.shape}.")
-        if _checks.is_concrete(labels) and (labels.size and (int(labels.min()) < 0
-                                                             or int(labels.max()) >= K)):
-            raise ValueError(f"{fn}: `labels` must lie in [0, {K}), got values in "
-                             f"[{int(labels.min())}, {int(labels.max())}].")
+        if _checks.is_concrete(labels) and labels.size:
+            lab = np.asarray(labels)  # concrete (also when closed over by a traced caller)
+            if int(lab.min()) < 0 or int(lab.max()) >= K:
+                raise ValueError(f"{fn}: `labels` must lie in [0, {K}), got values in "
+                                 f"[{int(lab.min())}, {int(lab.max())}].")
         target = jax.nn.one_hot(labels, K, dtype=logits.dtype)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
         if labels.shape != logits.shape:
@@ -182,7 +186,8 @@ def wasserstein_label_loss(
         raise TypeError(f"{fn}: `labels` must be integer class ids or float histograms, got "
                         f"dtype {labels.dtype}.")
     _checks.check_epsilon(epsilon, fn)
-    if _checks.is_concrete(M) and not bool(jnp.all(jnp.isfinite(M)) & jnp.all(M >= 0)):
+    if _checks.is_concrete(M) and not (np.all(np.isfinite(np.asarray(M)))
+                                       and np.all(np.asarray(M) >= 0)):
         raise ValueError(f"{fn}: `cost_matrix` must be finite and non-negative.")
     probs = jax.nn.softmax(logits, axis=-1)
     geom = CostMatrix(M)
@@ -192,3 +197,36 @@ def wasserstein_label_loss(
         return solver(geom, p, t, epsilon=epsilon, tol=tol, max_iter=max_iter).cost
 
     return _flat_map(one, logits.shape[:-1], probs, target)
+
+
+def sparse_ot_loss(
+    pred: jax.Array,
+    target: jax.Array,
+    *,
+    k: int,
+    gamma: float = 0.1,
+    cost: Any = "sqeuclidean",
+    **kwargs: Any,
+) -> jax.Array:
+    r"""Sparsity-constrained OT value between point sets, per example (uniform weights): each
+    target point receives mass from at most ``k`` predicted points (:func:`otreg.sparse_ot`).
+
+    Args:
+      pred: ``(..., n, d)``; target: ``(..., m, d)``, same batch shape; ``1 <= k <= n``.
+      gamma: the regulariser :math:`\frac\gamma2\|T\|^2` in cost units.
+      cost, **kwargs: the ground cost, and :func:`otreg.sparse_ot` options (``tol``,
+        ``max_iter``, ``formulation``).
+
+    Returns:
+      ``(...)``: the (semi-)dual value of each example; gradients by the envelope theorem
+      (the plan is the gradient in the cost).
+    """
+    fn = "sparse_ot_loss"
+    pred, target, batch = _point_sets(pred, target, fn)
+    PointCloud(pred.reshape(-1, pred.shape[-1])[:1], target.reshape(-1, target.shape[-1])[:1],
+               cost=cost)  # validates `cost` eagerly
+
+    def one(x, y):
+        return sparse_ot(PointCloud(x, y, cost=cost), k=k, gamma=gamma, **kwargs).cost
+
+    return _flat_map(one, batch, pred, target)
