@@ -105,3 +105,60 @@ def test_generator_trained_with_sliced_loss(rng):
         z = jnp.asarray(rng.normal(size=(256, 2)), jnp.float32)
         step(model, opt, z, k1)
     assert divergence() < 0.1 * before
+
+
+class _MoE(nnx.Module):
+    """Experts are linear maps; the router is the sparse-OT one or a softmax top-1 gate."""
+
+    def __init__(self, d, n_exp, capacity, ot_router, rngs):
+        self.ot_router = ot_router
+        self.capacity = capacity
+        self.router = nn.SparseOTRouter(d, n_exp, capacity, gamma=0.1, rngs=rngs)
+        self.experts = nnx.Param(0.1 * jax.random.normal(rngs.params(), (n_exp, d, 1)))
+
+    def __call__(self, x):
+        if self.ot_router:
+            _, combine = self.router(x)
+            weights = combine.sum(-1)  # (tokens, experts)
+        else:  # top-1 softmax gate, no capacity
+            probs = jax.nn.softmax(self.router.gate(x), -1)
+            weights = probs * jax.nn.one_hot(jnp.argmax(probs, -1), probs.shape[-1])
+        per_expert = jnp.einsum("td,edo->teo", x, self.experts.value)[..., 0]
+        return jnp.sum(weights * per_expert, -1), weights
+
+
+def test_moe_toy_router_vs_softmax(rng):
+    """A piecewise-linear target (the sign of x_0 picks the slope): the OT-routed MoE fits it
+    and never loads an expert past its capacity; the softmax top-1 router does overload."""
+    d, n_exp, n_tok = 4, 4, 64
+    cap = n_tok // n_exp + 4
+    w1, w2 = rng.normal(size=d), rng.normal(size=d)
+
+    def batch():
+        x = rng.normal(size=(n_tok, d))
+        y = np.where(x[:, 0] > 0, x @ w1, x @ w2)
+        return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+
+    loads = {}
+    for ot_router in (True, False):
+        model = _MoE(d, n_exp, cap, ot_router, nnx.Rngs(0))
+        opt = nnx.Optimizer(model, optax.adam(2e-2), wrt=nnx.Param)
+
+        @nnx.jit
+        def step(model, opt, x, y):
+            def loss(m):
+                pred, weights = m(x)
+                return jnp.mean((pred - y) ** 2), weights
+            (val, weights), grads = nnx.value_and_grad(loss, has_aux=True)(model)
+            opt.update(model, grads)
+            return val, jnp.max(jnp.sum(weights > 0, axis=0))
+
+        first, peak = None, 0
+        for _ in range(150):
+            val, load = step(model, opt, *batch())
+            first = float(val) if first is None else first
+            peak = max(peak, int(load))
+        loads[ot_router] = peak
+        if ot_router:
+            assert float(val) < 0.2 * first
+    assert loads[True] <= cap < loads[False]
