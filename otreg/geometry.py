@@ -10,7 +10,9 @@ factorisation, a GPU kernel) is one class:
   the geometry is blocked;
 * ``kernel(f, g, eps)``: the stabilised kernel
   :math:`\tilde K = \exp((f_i + g_j - C_{ij})/\varepsilon)`
-  (materialised geometries only), on which Sinkhorn iterates with matrix-vector products.
+  (materialised geometries only), on which Sinkhorn iterates with matrix-vector products;
+* ``row_top_k(h, eps, k)``: the k largest entries of each row of :math:`h_j - C_{ij}/\varepsilon`
+  (indices and costs; SNS's sparsified Hessian, sparse OT's columns via ``transpose()``).
 
 ``PointCloud(..., block_size=B)`` never builds more than a ``B x m`` (or ``B x n``) block: every
 reduction is a ``lax.map`` over row blocks (the remainder padded and discarded), with the block

@@ -46,16 +46,30 @@ from otreg.status import Status
 __all__ = ["sparse_ot", "quadratic_ot", "SparseOTResult", "simplex_threshold"]
 
 STALL_STEPS = 20  # L-BFGS steps without objective progress before declaring stationarity
+SEMI_DUAL_MAX_SIZE = 10**6  # quadratic_ot's default formulation switches to the dual above
 FLAT_RTOL = 1e-6  # objective change per step, relative, times tol, that counts as stationary
 INIT_SWEEPS = 2  # block-ascent sweeps that initialise quadratic OT
 NEWTON_SWITCH = 1e-2  # L1 marginal error at which solver="newton" leaves L-BFGS
 
 
 class _Columns(NamedTuple):
-    """Per column j: the row indices (m, k) of its kept entries and their costs (m, k)."""
+    """Per column j: the row indices (m, k) of its kept entries and their costs (m, k);
+    ``idx`` None means every row, in order (quadratic OT: dense (m, n) reductions)."""
 
-    idx: jax.Array
+    idx: jax.Array | None
     cost: jax.Array
+
+
+def _gather(v, cols: _Columns):
+    """``v[idx]`` (m, k), or ``v`` broadcast over the columns when dense."""
+    return v[None, :] if cols.idx is None else v[cols.idx]
+
+
+def _row_sums(t, cols: _Columns, n):
+    """The plan's row sums from its (m, k) column entries."""
+    if cols.idx is None:
+        return jnp.sum(t, axis=0)
+    return jax.ops.segment_sum(t.ravel(), cols.idx.ravel(), num_segments=n)
 
 
 class SparseOTResult(NamedTuple):
@@ -111,15 +125,15 @@ def _kept(gt, alpha, k) -> _Columns:
     """Top k of ``alpha - c_j`` for every column j (gt: the transposed geometry); every row
     when ``k >= n`` (no selection: quadratic OT)."""
     m, n = gt.shape
-    if k >= n:
-        return _Columns(jnp.broadcast_to(jnp.arange(n)[None, :], (m, n)), gt.cost_matrix)
+    if k >= n:  # every row: no indices (idx None), dense reductions instead of gathers/scatters
+        return _Columns(None, gt.cost_matrix)
     idx, cost = gt.row_top_k(alpha, jnp.asarray(1.0, alpha.dtype), k)
     return _Columns(idx, cost)
 
 
 def _semi_dual_columns(alpha, cols: _Columns, b, gamma):
     """y_j (m, k) on the kept entries, and column j's max_Omega value."""
-    x = alpha[cols.idx] - cols.cost
+    x = _gather(alpha, cols) - cols.cost
     on = b > 0
     gb = gamma * jnp.where(on, b, 1.0)[:, None]
     z = x / gb
@@ -130,7 +144,7 @@ def _semi_dual_columns(alpha, cols: _Columns, b, gamma):
 
 
 def _dual_columns(alpha, beta, cols: _Columns, gamma):
-    s = jnp.maximum(alpha[cols.idx] + beta[:, None] - cols.cost, 0.0)
+    s = jnp.maximum(_gather(alpha, cols) + beta[:, None] - cols.cost, 0.0)
     return s / gamma, jnp.sum(s * s, axis=1) / (2.0 * gamma)
 
 
@@ -148,7 +162,7 @@ def _objective(params, gt, a, b, gamma, k, formulation):
 
 
 def _marginal_grad(params, t, cols, a, b, formulation):
-    rows = jax.ops.segment_sum(t.ravel(), cols.idx.ravel(), num_segments=a.shape[0])
+    rows = _row_sums(t, cols, a.shape[0])
     if formulation == "semi-dual":
         return a - rows
     return a - rows, b - jnp.sum(t, axis=1)
@@ -236,7 +250,7 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
         if formulation == "semi-dual":  # the dual beta implied by alpha: beta_j = -gamma b_j tau_j
             cols = _kept(gt, p, k)
             gb = gamma_s * jnp.where(b_s > 0, b_s, 1.0)[:, None]
-            tau = simplex_threshold((p[cols.idx] - cols.cost) / gb, axis=1)
+            tau = simplex_threshold((_gather(p, cols) - cols.cost) / gb, axis=1)
             p = (p, -gb[:, 0] * tau[:, 0])
         alpha, beta, it_n, err, _ = _qot_newton.solve(C_s, a_s, b_s, gamma_s, tol, p[0], p[1],
                                                        max_iter=max_iter, cg_max_iter=500)
@@ -250,12 +264,16 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     alpha = p if formulation == "semi-dual" else p[0]
     cols = _kept(sg(gt), alpha, k)
     live_t = live.transpose()
-    c_live = jnp.take_along_axis(live_t.cost_matrix, cols.idx, axis=1) if isinstance(
-        live_t, CostMatrix) else _kept(live_t, alpha, k).cost
+    if cols.idx is None:
+        c_live = live_t.cost_matrix
+    elif isinstance(live_t, CostMatrix):
+        c_live = jnp.take_along_axis(live_t.cost_matrix, cols.idx, axis=1)
+    else:
+        c_live = _kept(live_t, alpha, k).cost
     cols = _Columns(cols.idx, c_live)
     if formulation == "semi-dual":
         y, val = _semi_dual_columns(alpha, _Columns(cols.idx, sg(c_live)), b_s, gamma_s)
-        x = alpha[cols.idx] - cols.cost
+        x = _gather(alpha, cols) - cols.cost
         gb = gamma * b[:, None]
         col_val = jnp.sum(sg(y) * x, axis=1) - 0.5 * gb[:, 0] * jnp.sum(sg(y) ** 2, axis=1)
         cost = jnp.dot(alpha, a) - jnp.dot(b, col_val)
@@ -264,9 +282,9 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     else:
         beta = p[1]
         t, _ = _dual_columns(alpha, beta, _Columns(cols.idx, sg(c_live)), gamma_s)
-        s = jnp.maximum(alpha[cols.idx] + beta[:, None] - cols.cost, 0.0)
+        s = jnp.maximum(_gather(alpha, cols) + beta[:, None] - cols.cost, 0.0)
         cost = jnp.dot(alpha, a) + jnp.dot(beta, b) - jnp.sum(s * s) / (2.0 * gamma)
-    rows = jax.ops.segment_sum(t.ravel(), cols.idx.ravel(), num_segments=n)
+    rows = _row_sums(t, cols, n)
     error = jnp.sum(jnp.abs(rows - a_s)) + jnp.sum(jnp.abs(jnp.sum(t, axis=1) - b_s))
     primal = jnp.sum(t * cols.cost) + 0.5 * gamma * jnp.sum(t * t)
     converged = (done | (stall >= STALL_STEPS)) & ok
@@ -276,7 +294,9 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     cast = (lambda z: z.astype(in_dtype)) if in_dtype != dtype else (lambda z: z)
     return SparseOTResult(cost=cast(cost), primal=cast(primal), alpha=cast(alpha),
                           beta=cast(beta), converged=converged, n_iters=it, error=cast(error),
-                          status=status, idx=cols.idx, values=cast(t), a=a, b=b)
+                          status=status, values=cast(t), a=a, b=b,
+                          idx=jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :], (m, n))
+                          if cols.idx is None else cols.idx)
 
 
 def _validate(fn, geom, a, b, gamma, tol, max_iter, formulation, memory, solver="lbfgs"):
@@ -367,7 +387,7 @@ def quadratic_ot(
     b: jax.Array | None = None,
     *,
     gamma: float | jax.Array = 0.1,
-    formulation: str = "semi-dual",
+    formulation: str | None = None,
     max_iter: int = 1000,
     tol: float | None = None,
     memory: int = 10,
@@ -389,10 +409,15 @@ def quadratic_ot(
         plan's support is found, fastest to tight tolerances; the result holds the dual pair.
         ``"lbfgs"``: L-BFGS throughout (either formulation); its line search cannot resolve the
         objective's decrease below about 1e-6 L1 error in float64 and stops on stationarity.
-      gamma, formulation, max_iter, tol, memory: as in :func:`sparse_ot` (``max_iter`` bounds
-        each stage).
+      formulation: of the L-BFGS stage; ``None`` picks ``"semi-dual"`` up to n * m = 10^6 entries
+        (fewer iterations) and ``"dual"`` above (each iteration one pass over C, no simplex
+        thresholds: 4x faster overall at n = m = 2000).
+      gamma, max_iter, tol, memory: as in :func:`sparse_ot` (``max_iter`` bounds each stage).
     """
     fn = "quadratic_ot"
+    if formulation is None:  # fewer iterations (semi-dual) vs cheaper ones (dual: no threshold)
+        n, m = as_geometry(geom, fn).shape
+        formulation = "semi-dual" if n * m <= SEMI_DUAL_MAX_SIZE else "dual"
     geom, a, b, tol, max_iter, memory = _validate(fn, geom, a, b, gamma, tol, max_iter,
                                                   formulation, memory, solver)
     return _solve(geom, a, b, gamma, tol, k=geom.shape[0], formulation=formulation,
