@@ -145,3 +145,39 @@ def test_sharded_state_preserved_on_8_devices():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("which", ["penalty", "decay", "project"])
+def test_each_transform_in_masked_chain_jit_once(rng, which):
+    chex.clear_trace_counter()  # one counter per parametrised case
+    n = 5
+    params = {"P": jnp.full((n, n), 1.0 / n ** 2, jnp.float32),
+              "v": jnp.asarray(rng.normal(size=(7,)), jnp.float32)}
+    tx = {"penalty": transforms.add_ot_penalty(lambda p, key: jnp.sum(p["P"] ** 2), 0.1,
+                                               key=jax.random.PRNGKey(0)),
+          "decay": transforms.wasserstein_weight_decay(0.1, prior_std=0.1),
+          "project": transforms.project_transport(0.1)}[which]
+    mask = {"P": True, "v": False}
+    inner = tx if which == "penalty" else optax.masked(tx, mask)  # the penalty sees all params
+    opt = optax.chain(optax.adam(1e-2), inner) if which == "project" else optax.chain(
+        inner, optax.adam(1e-2))
+    state = opt.init(params)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(5):
+        grads = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape),
+                                                             p.dtype), params)
+        new, state = step(params, state, grads)
+        chex.assert_trees_all_equal_shapes_and_dtypes(new, params)
+        params = new
+    assert all(bool(jnp.all(jnp.isfinite(z))) for z in jax.tree_util.tree_leaves(params))
+    if which == "project":  # stays on U(1/n, 1/n), positive
+        P = np.asarray(params["P"])
+        assert (P > 0).all()
+        np.testing.assert_allclose(P.sum(0), 1 / n, atol=1e-4)
+        np.testing.assert_allclose(P.sum(1), 1 / n, atol=1e-4)
