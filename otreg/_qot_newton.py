@@ -45,10 +45,16 @@ class _State(NamedTuple):
 
 
 def _grad(C, a, b, gamma, alpha, beta):
-    T = jnp.maximum(alpha[:, None] + beta[None, :] - C, 0.0) / gamma
+    S = jnp.maximum(alpha[:, None] + beta[None, :] - C, 0.0)
+    T = S / gamma
     gf, gg = a - jnp.sum(T, axis=1), b - jnp.sum(T, axis=0)
     err = jnp.sum(jnp.abs(gf)) + jnp.sum(jnp.abs(gg))
     return gf, gg, jnp.sqrt(jnp.sum(gf * gf) + jnp.sum(gg * gg)), err
+
+
+def _dual(C, a, b, gamma, alpha, beta):
+    S = jnp.maximum(alpha[:, None] + beta[None, :] - C, 0.0)
+    return jnp.dot(alpha, a) + jnp.dot(beta, b) - jnp.sum(S * S) / (2.0 * gamma)
 
 
 def _exact_rows(C, w, gamma, other):
@@ -104,11 +110,17 @@ def solve(C, a, b, gamma, tol, alpha, beta, *, max_iter, cg_max_iter, ls_steps=3
             t = jnp.asarray(0.5, dtype) ** j
             al, be = s.alpha + t * du, s.beta + t * dv
             gf, gg, merit, err = _grad(C, a, b, gamma, al, be)
-            good = jnp.isfinite(merit) & (merit <= (1.0 - ARMIJO * t) * s.merit)
+            # ascent of the dual (Armijo), or, near the optimum where float64 cannot resolve
+            # the dual's increase, a decrease of the gradient norm
+            rise = _dual(C, a, b, gamma, al, be) - g0
+            slope = jnp.dot(s.gf, du) + jnp.dot(s.gg, dv)
+            good = jnp.isfinite(merit) & ((merit <= (1.0 - ARMIJO * t) * s.merit)
+                                          | (rise >= ARMIJO * t * slope))
             new = (al, be, gf, gg, merit, err)
             return good, j + 1, jax.tree_util.tree_map(lambda x, y: jnp.where(good, x, y), new,
                                                        best)
 
+        g0 = _dual(C, a, b, gamma, s.alpha, s.beta)
         best0 = (s.alpha, s.beta, s.gf, s.gg, s.merit, s.err)
         ok, j, best = jax.lax.while_loop(lambda c: ~c[0] & (c[1] < ls_steps), ls_body,
                                          (jnp.array(False), zero, best0))

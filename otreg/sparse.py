@@ -49,7 +49,6 @@ STALL_STEPS = 20  # L-BFGS steps without objective progress before declaring sta
 SEMI_DUAL_MAX_SIZE = 10**6  # quadratic_ot's default formulation switches to the dual above
 FLAT_RTOL = 1e-6  # objective change per step, relative, times tol, that counts as stationary
 INIT_SWEEPS = 2  # block-ascent sweeps that initialise quadratic OT
-NEWTON_SWITCH = 1e-2  # L1 marginal error at which solver="newton" leaves L-BFGS
 
 
 class _Columns(NamedTuple):
@@ -214,7 +213,6 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     else:
         alpha0, beta0 = jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
     p0 = alpha0 if formulation == "semi-dual" else (alpha0, beta0)
-    run_tol = jnp.maximum(tol, NEWTON_SWITCH) if solver == "newton" else tol  # L-BFGS stage
     opt = optax.lbfgs(memory_size=memory,
                       linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=30))
     value_and_grad = optax.value_and_grad_from_state(loss)
@@ -235,27 +233,23 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
         # last iterate's plan can be further from the marginals than an earlier one's)
         keep = err <= err_best
         p_best = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), p, p_best)
-        return (p, st, it + 1, err, err <= run_tol, stall, jnp.where(better, new_value, prev),
+        return (p, st, it + 1, err, err <= tol, stall, jnp.where(better, new_value, prev),
                 p_best, jnp.minimum(err, err_best))
 
     def cond(c):
         return ~c[4] & (c[5] < STALL_STEPS) & (c[2] < max_iter)
 
     inf = jnp.asarray(jnp.inf, dtype)
-    init = (p0, opt.init(p0), jnp.array(0, jnp.int32), inf, jnp.array(False), jnp.array(0),
-            loss(p0), p0, inf)
-    _, _, it, _, done, stall, _, p, err = jax.lax.while_loop(cond, body, init)
-    if solver == "newton":  # semi-smooth Newton from the L-BFGS warm start (dual, k = n)
-        C_s = sg(live.cost_matrix)
-        if formulation == "semi-dual":  # the dual beta implied by alpha: beta_j = -gamma b_j tau_j
-            cols = _kept(gt, p, k)
-            gb = gamma_s * jnp.where(b_s > 0, b_s, 1.0)[:, None]
-            tau = simplex_threshold((_gather(p, cols) - cols.cost) / gb, axis=1)
-            p = (p, -gb[:, 0] * tau[:, 0])
-        alpha, beta, it_n, err, _ = _qot_newton.solve(C_s, a_s, b_s, gamma_s, tol, p[0], p[1],
-                                                       max_iter=max_iter, cg_max_iter=500)
-        p, it, done, stall = (alpha, beta), it + it_n, err <= tol, jnp.array(0)
+    if solver == "newton":  # semi-smooth Newton on the dual from the block-ascent start (k = n)
+        alpha, beta, it, err, _ = _qot_newton.solve(sg(live.cost_matrix), a_s, b_s, gamma_s, tol,
+                                                    alpha0, beta0, max_iter=max_iter,
+                                                    cg_max_iter=500)
+        p, done, stall = (alpha, beta), err <= tol, jnp.array(0)
         formulation = "dual"  # the result is the dual pair
+    else:
+        init = (p0, opt.init(p0), jnp.array(0, jnp.int32), inf, jnp.array(False), jnp.array(0),
+                loss(p0), p0, inf)
+        _, _, it, _, done, stall, _, p, err = jax.lax.while_loop(cond, body, init)
     p = sg(p)
     ok = jax.tree_util.tree_reduce(lambda acc, z: acc & jnp.all(jnp.isfinite(z)), p,
                                    jnp.array(True))
@@ -404,14 +398,16 @@ def quadratic_ot(
     natural form). The cost is materialised.
 
     Args:
-      solver: ``"newton"`` (default): L-BFGS on ``formulation`` to an L1 marginal error of 1e-2,
-        then semi-smooth Newton on the dual (:mod:`otreg._qot_newton`), superlinear once the
-        plan's support is found, fastest to tight tolerances; the result holds the dual pair.
+      solver: ``"newton"`` (default): semi-smooth Newton on the dual (:mod:`otreg._qot_newton`)
+        from two sweeps of exact block ascent, globalised by a line search (dual ascent or
+        gradient-norm decrease) and a Levenberg-Marquardt shift; superlinear once the plan's
+        support is found. The result holds the dual pair. ``"lbfgs"``: Optax L-BFGS on
+        ``formulation``.
         ``"lbfgs"``: L-BFGS throughout (either formulation); its line search cannot resolve the
         objective's decrease below about 1e-6 L1 error in float64 and stops on stationarity.
-      formulation: of the L-BFGS stage; ``None`` picks ``"semi-dual"`` up to n * m = 10^6 entries
-        (fewer iterations) and ``"dual"`` above (each iteration one pass over C, no simplex
-        thresholds: 4x faster overall at n = m = 2000).
+      formulation: for ``solver="lbfgs"``; ``None`` picks ``"semi-dual"`` up to n * m = 10^6
+        entries (fewer iterations) and ``"dual"`` above (each iteration one pass over C, no
+        simplex thresholds: 4x faster at n = m = 2000).
       gamma, max_iter, tol, memory: as in :func:`sparse_ot` (``max_iter`` bounds each stage).
     """
     fn = "quadratic_ot"
