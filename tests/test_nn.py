@@ -54,9 +54,9 @@ class _MLP(nnx.Module):
         return self.l3(jax.nn.gelu(self.l2(jax.nn.gelu(self.l1(z)))))
 
 
-def _target(rng, n):  # two Gaussian blobs in 2-D
-    centres = np.array([[2.0, 1.0], [-1.0, -2.0]])
-    return centres[rng.integers(0, 2, n)] + 0.3 * rng.normal(size=(n, 2))
+def _target(rng, n):  # a shifted "banana": a smooth, non-Gaussian 2-D distribution
+    u, v = rng.normal(size=n), rng.normal(size=n)
+    return np.stack([1.5 + 0.8 * u, -1.0 + 0.4 * v + 0.4 * u ** 2], 1)
 
 
 def test_losses_in_jitted_nnx_steps(rng):
