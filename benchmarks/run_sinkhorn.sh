@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
 # Pinned, single-threaded runs of benchmarks/sinkhorn.py (one process per dtype / configuration).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMEXPR_NUM_THREADS=1
-export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-PY=${PY:-.venv/bin/python}
-PIN="taskset -c 1"
+source "$(dirname "$0")/env.sh"
 for dt in f32 f64; do
   $PIN $PY benchmarks/sinkhorn.py $dt --n 500 2000 --d 2 64 --eps 0.05 0.005 \
     --libs otreg otreg_noanneal ott_geom pot pot_log

@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
 # Pinned, single-threaded runs of benchmarks/sns.py (float64 to 1e-8 and 1e-11, float32 to 1e-4).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMEXPR_NUM_THREADS=1
-export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-PY=${PY:-.venv/bin/python}
-PIN="taskset -c 1"
+source "$(dirname "$0")/env.sh"
 $PIN $PY benchmarks/sns.py --problems assignment grid-L2 grid-L1 "$@"
 $PIN $PY benchmarks/sns.py --problems cloud --tol 1e-8 --cap-sinkhorn 20000 --cap-ott 1000 \
   --cap-pot 100 --cap-regot-sn 200 "$@"

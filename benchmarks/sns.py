@@ -24,10 +24,10 @@ Usage: python benchmarks/sns.py [--problems assignment grid-L2 grid-L1 cloud] [-
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
+from _timing import timeit_cpu as timeit
 
 LIBS = ("otreg_sns", "otreg_sinkhorn", "ott", "ott_anderson", "pot_log", "regot_ssns",
         "regot_sn")
@@ -65,15 +65,6 @@ def problems(names, eps_cloud):
                 yield f"cloud n={n} d={d}", C, np.full(n, 1 / n), np.full(n, 1 / n), eps
 
 
-def timeit(fn, reps, budget):
-    out, cpu = None, []
-    for _ in range(reps):
-        c0 = time.process_time()
-        out = fn()
-        cpu.append(time.process_time() - c0)
-        if sum(cpu) > budget:
-            break
-    return statistics.median(cpu), out
 
 
 def l1_error(P, a, b):

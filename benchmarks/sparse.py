@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import statistics
 import time
 
 import numpy as np
+from _timing import timeit_cpu as timeit
 
 
 def problem(n, seed=0):
@@ -34,15 +34,6 @@ def problem(n, seed=0):
     return C / C.max(), np.full(n, 1 / n), np.full(n, 1 / n)
 
 
-def timeit(fn, reps, budget):
-    out, cpu = None, []
-    for _ in range(reps):
-        c0 = time.process_time()
-        out = fn()
-        cpu.append(time.process_time() - c0)
-        if sum(cpu) > budget:
-            break
-    return statistics.median(cpu), out
 
 
 def metrics(T, C, a, b, gamma):

@@ -20,7 +20,7 @@ from otreg.status import Status
 __all__ = [
     "is_concrete", "float_array", "compute_dtype", "check_points", "check_weights",
     "check_weight_values", "check_weight_vector", "check_epsilon", "check_positive_int",
-    "check_positive_float", "check_option", "repair_weights",
+    "check_positive_float", "check_option", "repair_weights", "solve_dtype_and_weights",
 ]
 
 
@@ -168,3 +168,18 @@ def check_option(value: Any, name: str, options: Iterable[Any], fn: str = "otreg
     if value not in options:
         raise ValueError(f"{fn}: unknown `{name}`={value!r}; choose one of {options}.")
     return value
+
+
+def solve_dtype_and_weights(geom: Any, a: Any, b: Any):
+    """In-graph preamble shared by the solvers: the geometry in its solve dtype (float64 stays,
+    everything else float32), uniform weights for ``None``, repaired weights.
+
+    Returns ``(geom, a, b, status, in_dtype)``."""
+    in_dtype = geom.dtype
+    dtype = jnp.float64 if in_dtype == jnp.float64 else jnp.float32
+    geom = geom.astype(dtype) if in_dtype != dtype else geom
+    n, m = geom.shape
+    a = jnp.full((n,), 1.0 / n, dtype) if a is None else a.astype(dtype)
+    b = jnp.full((m,), 1.0 / m, dtype) if b is None else b.astype(dtype)
+    a, b, status = repair_weights(a, b)
+    return geom, a, b, status, in_dtype

@@ -171,13 +171,8 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
             decay) -> Prepared:
     """Shared preamble of the entropic solvers (inside ``jit``): dtype, uniform/repaired weights,
     repaired geometry, resolved epsilon, annealing schedule and warm start."""
-    in_dtype = geom.dtype
-    dtype = jnp.float64 if in_dtype == jnp.float64 else jnp.float32
-    geom = geom.astype(dtype) if in_dtype != dtype else geom
-    n, m = geom.shape
-    a = jnp.full((n,), 1.0 / n, dtype) if a is None else a.astype(dtype)
-    b = jnp.full((m,), 1.0 / m, dtype) if b is None else b.astype(dtype)
-    a, b, status = _checks.repair_weights(a, b)
+    geom, a, b, status, in_dtype = _checks.solve_dtype_and_weights(geom, a, b)
+    dtype = a.dtype
     geom, finite, max_cost, mean_cost = _repair_geometry(geom, max_abs)
     status = jnp.where(finite, status, Status.NONFINITE_INPUT)
 

@@ -194,13 +194,9 @@ def _error(grad, formulation):
 
 @functools.partial(jax.jit, static_argnames=("k", "formulation", "max_iter", "memory", "solver"))
 def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
-    in_dtype = geom.dtype
-    dtype = jnp.float64 if in_dtype == jnp.float64 else jnp.float32
-    geom = geom.astype(dtype) if in_dtype != dtype else geom
+    geom, a, b, status, in_dtype = _checks.solve_dtype_and_weights(geom, a, b)
+    dtype = a.dtype
     n, m = geom.shape
-    a = jnp.full((n,), 1.0 / n, dtype) if a is None else a.astype(dtype)
-    b = jnp.full((m,), 1.0 / m, dtype) if b is None else b.astype(dtype)
-    a, b, status = _checks.repair_weights(a, b)
     gamma = jnp.asarray(gamma, dtype)
     live = geom.materialize()
     sg = jax.lax.stop_gradient
