@@ -48,7 +48,7 @@ __all__ = ["sparse_ot", "quadratic_ot", "SparseOTResult", "simplex_threshold"]
 STALL_STEPS = 20  # L-BFGS steps without objective progress before declaring stationarity
 SEMI_DUAL_MAX_SIZE = 10**6  # quadratic_ot's default formulation switches to the dual above
 FLAT_RTOL = 1e-6  # objective change per step, relative, times tol, that counts as stationary
-INIT_SWEEPS = 2  # block-ascent sweeps that initialise quadratic OT
+INIT_SWEEPS = 2  # block-ascent sweeps that initialise quadratic OT for L-BFGS
 
 
 class _Columns(NamedTuple):
@@ -203,7 +203,7 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     gt = jax.tree_util.tree_map(sg, live.transpose())
     a_s, b_s, gamma_s = sg(a), sg(b), sg(gamma)
     loss = _make_loss(gt, a_s, b_s, gamma_s, k, formulation)
-    if k >= n:  # quadratic OT: start from exact block ascent (every row and column active)
+    if k >= n and solver == "lbfgs":  # quadratic OT: start from exact block ascent
         alpha0, beta0 = _qot_newton.block_ascent(sg(live.cost_matrix), a_s, b_s, gamma_s,
                                                  INIT_SWEEPS)
     else:
@@ -236,16 +236,16 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
         return ~c[4] & (c[5] < STALL_STEPS) & (c[2] < max_iter)
 
     inf = jnp.asarray(jnp.inf, dtype)
-    if solver == "newton":  # semi-smooth Newton on the dual from the block-ascent start (k = n)
-        alpha, beta, it, err, _ = _qot_newton.solve(sg(live.cost_matrix), a_s, b_s, gamma_s, tol,
-                                                    alpha0, beta0, max_iter=max_iter,
-                                                    cg_max_iter=500)
+    if solver == "newton":  # semi-smooth Newton on the dual with continuation in gamma (k = n)
+        alpha, beta, it, err, _, stalled = _qot_newton.solve(
+            sg(live.cost_matrix), a_s, b_s, gamma_s, tol, max_iter=max_iter, cg_max_iter=500)
         p, done, stall = (alpha, beta), err <= tol, jnp.array(0)
         formulation = "dual"  # the result is the dual pair
     else:
         init = (p0, opt.init(p0), jnp.array(0, jnp.int32), inf, jnp.array(False), jnp.array(0),
                 loss(p0), p0, inf)
         _, _, it, _, done, stall, _, p, err = jax.lax.while_loop(cond, body, init)
+        stalled = jnp.array(False)
     p = sg(p)
     ok = jax.tree_util.tree_reduce(lambda acc, z: acc & jnp.all(jnp.isfinite(z)), p,
                                    jnp.array(True))
@@ -278,8 +278,8 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     error = jnp.sum(jnp.abs(rows - a_s)) + jnp.sum(jnp.abs(jnp.sum(t, axis=1) - b_s))
     primal = jnp.sum(t * cols.cost) + 0.5 * gamma * jnp.sum(t * t)
     converged = (done | (stall >= STALL_STEPS)) & ok
-    solve_status = jnp.where(~ok, Status.NUMERICAL, jnp.where(converged, Status.SUCCESS,
-                                                             Status.MAX_ITER))
+    solve_status = jnp.where(~ok, Status.NUMERICAL, jnp.where(
+        converged, Status.SUCCESS, jnp.where(stalled, Status.NEWTON_STALLED, Status.MAX_ITER)))
     status = jnp.where(status != Status.SUCCESS, status, solve_status).astype(jnp.int32)
     cast = (lambda z: z.astype(in_dtype)) if in_dtype != dtype else (lambda z: z)
     return SparseOTResult(cost=cast(cost), primal=cast(primal), alpha=cast(alpha),
@@ -395,12 +395,15 @@ def quadratic_ot(
 
     Args:
       solver: ``"newton"`` (default): semi-smooth Newton on the dual (:mod:`otreg._qot_newton`)
-        from two sweeps of exact block ascent, globalised by a line search (dual ascent or
-        gradient-norm decrease) and a Levenberg-Marquardt shift; superlinear once the plan's
-        support is found. The result holds the dual pair. ``"lbfgs"``: Optax L-BFGS on
-        ``formulation``.
-        ``"lbfgs"``: L-BFGS throughout (either formulation); its line search cannot resolve the
-        objective's decrease below about 1e-6 L1 error in float64 and stops on stationarity.
+        with continuation in gamma (a first stage at a large gamma, then gamma / 4 per stage,
+        warm-started), Hessians on the plan's support (sparse ELL form once every row has at
+        most 16 active entries), globalised by a line search (dual ascent or gradient-norm
+        decrease) and a Levenberg-Marquardt shift; superlinear once the support is found. The
+        result holds the dual pair; status ``NEWTON_STALLED`` if it stops at the precision's
+        floor (float32 at a tight ``tol``).
+        ``"lbfgs"``: Optax L-BFGS throughout (either formulation); its line search cannot
+        resolve the objective's decrease below about 1e-6 L1 error in float64 and stops on
+        stationarity.
       formulation: for ``solver="lbfgs"``; ``None`` picks ``"semi-dual"`` up to n * m = 10^6
         entries (fewer iterations) and ``"dual"`` above (each iteration one pass over C, no
         simplex thresholds: 4x faster at n = m = 2000).

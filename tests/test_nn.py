@@ -153,12 +153,18 @@ def test_moe_toy_router_vs_softmax(rng):
             opt.update(model, grads)
             return val, jnp.max(jnp.sum(weights > 0, axis=0))
 
-        first, peak = None, 0
+        vals, peak = [], 0
         for _ in range(150):
             val, load = step(model, opt, *batch())
-            first = float(val) if first is None else first
+            vals.append(float(val))
             peak = max(peak, int(load))
         loads[ot_router] = peak
         if ot_router:
-            assert float(val) < 0.2 * first
+            # the last 20 batch losses: far below predicting 0 (E y^2) and no worse than the
+            # best single linear map (one expert); measured over 10 seeds: <= 0.29 E y^2
+            x = rng.normal(size=(4000, d))
+            y = np.where(x[:, 0] > 0, x @ w1, x @ w2)
+            linear = np.mean((x @ np.linalg.lstsq(x, y, rcond=None)[0] - y) ** 2)
+            late = np.mean(vals[-20:])
+            assert late < 0.4 * np.mean(y ** 2) and late < 1.1 * linear, (late, linear)
     assert loads[True] <= cap < loads[False]

@@ -69,6 +69,68 @@ def test_quadratic_matches_pot(rng, x64, solver, formulation):
     assert np.abs(np.asarray(rows) - a).sum() + np.abs(np.asarray(cols) - b).sum() <= 2e-6
 
 
+def test_quadratic_newton_wide_support_matches_pot(rng, x64):
+    # large gamma: more active entries per row than the ELL holds, so the dense Newton system
+    # is used to the end
+    n, m = int(rng.integers(80, 120)), int(rng.integers(80, 120))
+    C, a, b = _problem(rng, n, m, uniform=False)
+    gamma = 20.0
+    res = otreg.quadratic_ot(C, a, b, gamma=gamma, tol=1e-10)
+    P = np.asarray(res.plan())
+    assert (P > 0).sum(1).max() > 16 and bool(res.converged)
+    T = ot.smooth.smooth_ot_dual(a, b, C, gamma, reg_type="l2", stopThr=1e-14,
+                                 numItermax=100_000)
+    np.testing.assert_allclose(P, T, atol=1e-7)
+
+
+def test_quadratic_small_gamma_is_near_the_lp(rng, x64):
+    # near-LP regime (several continuation stages, a few active entries per row): optimality
+    # certified by the KKT conditions (T = [alpha + beta - C]_+ / gamma by construction, so
+    # met marginals and a zero duality gap mean optimal), and the LP sandwich
+    # OT <= <T, C> <= OT + gamma/2 |T_emd|^2
+    n, m = int(rng.integers(100, 200)), int(rng.integers(100, 200))
+    C, a, b = _problem(rng, n, m, uniform=False)
+    gamma = 1e-3
+    res = otreg.quadratic_ot(C, a, b, gamma=gamma, tol=1e-9)
+    assert bool(res.converged) and int(res.status) == Status.SUCCESS
+    P = np.asarray(res.plan())
+    rows, cols = (np.asarray(z) for z in res.marginals())
+    assert np.abs(rows - a).sum() + np.abs(cols - b).sum() <= 1e-9
+    assert abs(float(res.primal) - float(res.cost)) <= 1e-8 * float(res.primal)
+    T_emd = ot.emd(a, b, C)
+    lp = float((T_emd * C).sum())
+    assert lp - 1e-9 <= float((P * C).sum()) <= lp + gamma / 2 * (T_emd ** 2).sum() + 1e-9
+    assert (P > 0).sum(1).max() <= 16
+
+
+def test_quadratic_newton_ell_columns_hold_the_support(rng, x64):
+    # the ELL columns are reused only while they hold every active entry of each row
+    from otreg import _qot_newton as qn
+    n, m, keep = 50, 70, 16
+    C = jnp.asarray(rng.random((n, m)))
+    alpha = jnp.asarray(rng.random(n) * 0.05)
+    beta = jnp.asarray(rng.random(m) * 0.05)
+    Cb, rows_of = qn._blocks(C, alpha)
+    sums = qn._sums(Cb, rows_of, alpha, beta)
+    assert int(jnp.max(sums.n_rows)) <= keep
+    S = np.asarray(alpha[:, None] + beta[None, :] - C)
+    for idx in (np.argsort(S, axis=1)[:, :keep],  # the smallest entries: must be replaced
+                np.argsort(-S, axis=1)[:, :keep]):  # the largest: reused as they are
+        out = qn._with_ell(C, Cb, rows_of, alpha, beta, sums, jnp.asarray(idx, jnp.int32), keep)
+        np.testing.assert_array_equal(np.asarray(out.act).sum(1), np.asarray(sums.n_rows))
+        S_kept = np.take_along_axis(S, np.asarray(out.idx), axis=1)
+        np.testing.assert_array_equal(np.asarray(out.act), S_kept > 0)
+
+
+def test_quadratic_float32_floor_is_reported(rng):
+    # float32 cannot resolve T = [S]_+ / gamma to 1e-9: the run stops early, finite, and says why
+    C, a, b = _problem(rng, 300, 300, d=16)
+    res = otreg.quadratic_ot(jnp.asarray(C, jnp.float32), gamma=0.1, tol=1e-9)
+    assert not bool(res.converged)
+    assert int(res.status) == Status.NEWTON_STALLED and int(res.n_iters) < 1000
+    assert np.isfinite(np.asarray(res.plan())).all() and float(res.error) < 1e-2
+
+
 def test_sparse_cardinality_marginals_and_pot(rng, x64):
     n = m = 60
     C, a, b = _problem(rng, n, m)
@@ -82,7 +144,7 @@ def test_sparse_cardinality_marginals_and_pot(rng, x64):
         assert idx.shape == (m, k) and vals.shape == (m, k)
         np.testing.assert_allclose(P.sum(0), b, atol=1e-14)  # the semi-dual meets b exactly
         row_err = np.abs(P.sum(1) - a).sum()
-        np.testing.assert_allclose(float(res.error), row_err, rtol=1e-6, atol=1e-14)
+        np.testing.assert_allclose(float(res.error), row_err, rtol=1e-6, atol=1e-12)
         T = _pot(ot.smooth.smooth_ot_semi_dual, a, b, C, gamma, reg_type="sparsity_constrained",
                  max_nz=k, stopThr=1e-12, numItermax=10_000)
         pot_err = np.abs(T.sum(1) - a).sum()
