@@ -44,6 +44,7 @@ ARMIJO = 1e-4
 LAM0, LAM_UP, LAM_DOWN, LAM_MIN, LAM_MAX = 0.1, 4.0, 0.25, 1e-8, 1e8
 LS_STEPS = 30  # backtracking halvings per Newton step
 FLAT_STEPS = 30  # steps at the requested gamma without a 10% gain: stalled
+LS_FAILS = 4  # consecutive failed line searches (each raises the LM shift 4x): stalled
 
 
 CONT_FACTOR = 4.0  # gamma shrinks by this factor between continuation stages
@@ -189,8 +190,9 @@ def solve(C, a, b, gamma, tol, *, max_iter, cg_max_iter, keep=16):
 
     Returns ``(alpha, beta, it, err, n_cg, stalled)``; ``err`` is the L1 marginal error at
     ``gamma`` (``inf`` if ``max_iter`` ended the run before the last stage); ``stalled``: stopped
-    early, after two failed line searches or FLAT_STEPS steps at ``gamma`` without a 10% gain
-    (the precision's floor: float32 cannot resolve T = [S]_+ / gamma much below n eps)."""
+    early, after LS_FAILS failed line searches in a row or FLAT_STEPS steps at ``gamma`` without
+    a 10% gain (the precision's floor: in float32, S = alpha + beta - C carries an absolute
+    error of about eps max|C|, a relative error of eps max|C| / (gamma a_i / support) in T)."""
     dtype = C.dtype
     keep = min(keep, C.shape[1])
     zero = jnp.array(0, jnp.int32)
@@ -258,7 +260,7 @@ def solve(C, a, b, gamma, tol, *, max_iter, cg_max_iter, keep=16):
                       finished(g_new, p))
 
     def stalled(s: _State):
-        return (s.stall >= 2) | (s.flat >= FLAT_STEPS)
+        return (s.stall >= LS_FAILS) | (s.flat >= FLAT_STEPS)
 
     def cond(s: _State):
         return ~s.done & ~stalled(s) & (s.it < max_iter)
