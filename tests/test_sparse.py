@@ -145,11 +145,18 @@ def test_sparse_cardinality_marginals_and_pot(rng, x64):
         np.testing.assert_allclose(P.sum(0), b, atol=1e-14)  # the semi-dual meets b exactly
         row_err = np.abs(P.sum(1) - a).sum()
         np.testing.assert_allclose(float(res.error), row_err, rtol=1e-6, atol=1e-12)
-        T = _pot(ot.smooth.smooth_ot_semi_dual, a, b, C, gamma, reg_type="sparsity_constrained",
-                 max_nz=k, stopThr=1e-12, numItermax=10_000)
+        T, log = _pot(ot.smooth.smooth_ot_semi_dual, a, b, C, gamma,
+                      reg_type="sparsity_constrained", max_nz=k, stopThr=1e-12,
+                      numItermax=10_000, log=True)
         pot_err = np.abs(T.sum(1) - a).sum()
         if k > 1:  # k = 1 is the nonsmooth LP semi-dual: see test_k1_is_the_assignment
-            assert row_err <= pot_err * 1.05 + 1e-6, (k, row_err, pot_err)
+            # the gap is one supergradient of a nonsmooth concave semi-dual: no worse than POT's,
+            # or (about 1 run in 12 at k = 2) a maximum as high as POT's to 1e-5 at a kink
+            # where POT's L-BFGS-B stopped at a smaller gap
+            reg = ot.smooth.SparsityConstrained(gamma=gamma, max_nz=k)
+            pot_val = ot.smooth.semi_dual_obj_grad(log["alpha"], a, b, C, reg)[0]
+            assert (row_err <= pot_err * 1.05 + 1e-6
+                    or float(res.cost) >= pot_val - 1e-5 * abs(pot_val)), (k, row_err, pot_err)
         # weak duality against a feasible k-sparse plan: the optimal assignment (k = 1)
         r, c = linear_sum_assignment(C)
         assert float(res.cost) <= C[r, c].sum() / n + gamma / (2 * n) + 1e-12
