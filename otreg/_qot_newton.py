@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from otreg._math import cg
 from otreg._simplex import simplex_threshold
+from otreg.geometry import _pad_rows
 from otreg.newton import EllHessian, solve_ell
 
 ARMIJO = 1e-4
@@ -66,14 +67,13 @@ class _Sums(NamedTuple):
     act: jax.Array  # (n, keep) which of them are active
 
 
-def _blocks(C, a):
-    """C's rows in blocks of BLOCK_ROWS, padded with +inf rows (never active)."""
-    n, m = C.shape
+def _blocks(C):
+    """C's rows in balanced blocks of at most BLOCK_ROWS, padded with +inf rows (never active),
+    and the matching reshape of a per-row vector."""
+    n = C.shape[0]
     nb = -(-n // BLOCK_ROWS)
-    bs = -(-n // nb)  # balanced blocks: at most nb - 1 padded rows
-    pad = nb * bs - n
-    Cb = jnp.pad(C, ((0, pad), (0, 0)), constant_values=jnp.inf).reshape(nb, bs, m)
-    return Cb, lambda v: jnp.pad(v, (0, pad)).reshape(nb, bs)
+    bs = -(-n // nb)  # at most nb - 1 padded rows
+    return _pad_rows(C, nb, bs, value=jnp.inf), lambda v: _pad_rows(v, nb, bs)
 
 
 def _sums(Cb, rows_of, alpha, beta) -> _Sums:
@@ -196,12 +196,11 @@ def solve(C, a, b, gamma, tol, *, max_iter, cg_max_iter, keep=16):
     dtype = C.dtype
     keep = min(keep, C.shape[1])
     zero = jnp.array(0, jnp.int32)
-    Cb, rows_of = _blocks(C, a)
+    Cb, rows_of = _blocks(C)
     g0 = first_gamma(C, a, b, gamma)
     alpha, beta = block_ascent(C, a, b, g0, INIT_SWEEPS)
-    sums = _sums(Cb, rows_of, alpha, beta)
-    sums = sums._replace(idx=_top_k(Cb, rows_of, alpha, beta, keep)[0])
-    sums = _with_ell(C, Cb, rows_of, alpha, beta, sums, sums.idx, keep)
+    idx, act = _top_k(Cb, rows_of, alpha, beta, keep)
+    sums = _sums(Cb, rows_of, alpha, beta)._replace(idx=idx, act=act)
     pt = _point(sums, a, b, g0, alpha, beta)
     mass = jnp.sum(a) + jnp.sum(b)
 

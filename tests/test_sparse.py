@@ -110,7 +110,7 @@ def test_quadratic_newton_ell_columns_hold_the_support(rng, x64):
     C = jnp.asarray(rng.random((n, m)))
     alpha = jnp.asarray(rng.random(n) * 0.05)
     beta = jnp.asarray(rng.random(m) * 0.05)
-    Cb, rows_of = qn._blocks(C, alpha)
+    Cb, rows_of = qn._blocks(C)
     sums = qn._sums(Cb, rows_of, alpha, beta)
     assert int(jnp.max(sums.n_rows)) <= keep
     S = np.asarray(alpha[:, None] + beta[None, :] - C)
