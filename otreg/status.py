@@ -22,6 +22,9 @@ class Status:
     BAD_WEIGHTS = 4
     NONFINITE_INPUT = 5
     NEWTON_STALLED = 6
+    STALLED = 7
+    ROW_GAP = 8
+    BAD_PARAMETER = 9
 
     MESSAGES = {
         SUCCESS: "converged: the marginal error reached `tol`.",
@@ -39,6 +42,16 @@ class Status:
         "reducing the marginal error (the sparsified Hessian keeps too few entries, the CG "
         "budget is too small, or the precision's floor was reached); raise `keep` or "
         "`cg_max_iter`, loosen `tol`, or use float64.",
+        STALLED: "not converged: the solver became stationary (its steps stopped reducing the "
+        "objective or the error) before the marginal error reached `tol`; the floating-point "
+        "floor of the dtype or a small regularization was reached. Use float64, a larger "
+        "`gamma`/`epsilon`, or a looser `tol`.",
+        ROW_GAP: "not converged: the semi-dual (relaxed) problem was solved, but the plan it "
+        "recovers misses the row marginal `a` by more than `tol` (the k-sparse relaxation is "
+        "not tight for this problem). Raise `k` or `gamma`, or loosen `tol`.",
+        BAD_PARAMETER: "invalid input: a traced hyperparameter (`epsilon`, `gamma`, `strength`) "
+        "was not a positive finite number; it was replaced by a safe positive value and the "
+        "result does not answer the problem asked. Pass a positive finite value.",
     }
 
 
