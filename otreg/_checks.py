@@ -21,6 +21,7 @@ __all__ = [
     "is_concrete", "float_array", "compute_dtype", "check_points", "check_weights",
     "check_weight_values", "check_weight_vector", "check_epsilon", "check_positive_int",
     "check_positive_float", "check_option", "repair_weights", "solve_dtype_and_weights",
+    "mass_rtol", "MASS_RTOL", "check_finite",
 ]
 
 
@@ -61,7 +62,12 @@ def check_points(x: Any, y: Any, fn: str = "otreg") -> tuple[jax.Array, jax.Arra
         raise ValueError(f"{fn}: `x` and `y` must have the same dimension d, got x: "
                          f"{tuple(x.shape)} and y: {tuple(y.shape)}.")
     if x.shape[0] == 0 or y.shape[0] == 0:
-        raise ValueError(f"{fn}: empty point cloud (x: {tuple(x.shape)}, y: {tuple(y.shape)}).")
+        raise ValueError(f"{fn}: empty point cloud (x: {tuple(x.shape)}, y: {tuple(y.shape)}); "
+                         f"pass at least one point on each side.")
+    if x.shape[1] == 0:
+        raise ValueError(f"{fn}: `x` and `y` have dimension d = 0 (x: {tuple(x.shape)}, y: "
+                         f"{tuple(y.shape)}); points need at least one coordinate (reshape "
+                         f"1-D samples to (n, 1)).")
     return x, y
 
 
@@ -76,8 +82,43 @@ def check_weights(w: Any, size: int, name: str, dtype, fn: str = "otreg") -> jax
     return w.astype(dtype)
 
 
-def _mass_rtol(dtype) -> float:
-    return 1e-4 if jnp.dtype(dtype) == jnp.float32 else 1e-8
+# Relative tolerance of the equal-mass check, by the precision the weights carry. float32: a
+# normalisation ``w / w.sum()`` in float32 leaves the mass off 1 by the relative rounding error
+# of the sum, ~log2(n) ulps (pairwise summation) and n ulps at worst: 1e-4 covers n up to ~10^3
+# in the worst case and any realistic n in practice. float64: 1e-8, far above its rounding.
+MASS_RTOL = {"float32": 1e-4, "float64": 1e-8}
+
+
+def _f32_exact(w: Any) -> Any:
+    """Whether every entry of a float64 array is exactly a float32 value (NumPy or in-graph)."""
+    xp = np if isinstance(w, np.ndarray) else jnp
+    return xp.all(w.astype(xp.float32).astype(w.dtype) == w)
+
+
+def mass_rtol(a: Any, b: Any) -> Any:
+    """Relative tolerance of ``|sum a - sum b|`` for weights ``a``, ``b`` (NumPy or in-graph).
+
+    It follows the precision the weights carry, not only their dtype: float64 weights whose
+    entries are all float32 values (normalised in float32, then cast, as POT and OTT-JAX users
+    often pass them) get the float32 tolerance, because that rounding is what their masses
+    carry; genuinely float64 weights get the float64 one. Either vector carrying float32
+    precision is enough (``a=None`` is uniform in float64 while ``b`` came from float32).
+    """
+    if jnp.dtype(a.dtype) != jnp.float64 and jnp.dtype(b.dtype) != jnp.float64:
+        return MASS_RTOL["float32"]
+    xp = np if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) else jnp
+    coarse = _f32_exact(a) | _f32_exact(b)
+    return xp.where(coarse, MASS_RTOL["float32"], MASS_RTOL["float64"])
+
+
+def check_finite(x: Any, name: str, fn: str = "otreg", what: str = "values") -> None:
+    """On a concrete array: raise ``ValueError`` naming ``name`` if an entry is NaN or inf."""
+    if x is None or not is_concrete(x):
+        return
+    with jax.ensure_compile_time_eval():  # also for concrete constants closed over under jit
+        ok = bool(jnp.all(jnp.isfinite(jnp.asarray(x))))
+    if not ok:
+        raise ValueError(f"{fn}: `{name}` contains NaN or inf; pass finite {what}.")
 
 
 def check_weight_vector(w: Any, name: str, fn: str = "otreg") -> None:
@@ -101,24 +142,31 @@ def check_weight_values(a: jax.Array, b: jax.Array, fn: str = "otreg") -> None:
         return
     check_weight_vector(a, "a", fn)
     check_weight_vector(b, "b", fn)
-    ma, mb = float(np.sum(np.asarray(a, np.float64))), float(np.sum(np.asarray(b, np.float64)))
-    if abs(ma - mb) > _mass_rtol(a.dtype) * max(ma, mb):
+    an, bn = np.asarray(a), np.asarray(b)
+    ma, mb = float(np.sum(an, dtype=np.float64)), float(np.sum(bn, dtype=np.float64))
+    if abs(ma - mb) > float(mass_rtol(an, bn)) * max(ma, mb):
         raise ValueError(f"{fn}: `a` sums to {ma:.8g} but `b` sums to {mb:.8g}; balanced OT needs "
                          f"equal masses: normalise both (e.g. `a / a.sum()`, `b / b.sum()`).")
 
 
 def repair_weights(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """In-graph repair for traced weights: bad entries -> 0, ``b`` rescaled to the mass of ``a``.
+    """In-graph repair for traced weights: bad entries -> 0, a vector without positive mass ->
+    uniform, ``b`` rescaled to the mass of ``a``.
 
-    Returns ``(a, b, status)`` with ``status`` the highest-priority problem found (or SUCCESS).
+    Returns ``(a, b, status)`` with ``status`` the highest-priority problem found (or SUCCESS):
+    BAD_WEIGHTS for a negative or non-finite entry or a vector without positive mass,
+    MASS_MISMATCH when the masses differ by more than :func:`mass_rtol`.
     """
+    rtol = mass_rtol(a, b)
     bad = jnp.any(~jnp.isfinite(a) | (a < 0)) | jnp.any(~jnp.isfinite(b) | (b < 0))
+    bad = bad | ~(jnp.sum(jnp.where(jnp.isfinite(a), a, 0.0)) > 0)
+    bad = bad | ~(jnp.sum(jnp.where(jnp.isfinite(b), b, 0.0)) > 0)
     a = jnp.where(jnp.isfinite(a) & (a > 0), a, 0.0)
     b = jnp.where(jnp.isfinite(b) & (b > 0), b, 0.0)
     a = jnp.where(jnp.sum(a) > 0, a, jnp.full_like(a, 1.0 / a.shape[0]))
     b = jnp.where(jnp.sum(b) > 0, b, jnp.full_like(b, 1.0 / b.shape[0]))
     ma, mb = jnp.sum(a), jnp.sum(b)
-    mismatch = jnp.abs(ma - mb) > _mass_rtol(a.dtype) * jnp.maximum(ma, mb)
+    mismatch = jnp.abs(ma - mb) > rtol * jnp.maximum(ma, mb)
     b = b * (ma / mb)
     status = jnp.where(bad, Status.BAD_WEIGHTS, jnp.where(mismatch, Status.MASS_MISMATCH,
                                                           Status.SUCCESS))

@@ -3,6 +3,14 @@
 Batch axes lead, there is no reduction (the caller averages), hyperparameters are keyword-only,
 and shapes are checked with errors that name the argument. Every loss is ``jit``/``vmap``/``grad``
 safe and finite for finite inputs.
+
+Bad values (NaN or inf points or logits, negative weights, a label out of range, histograms
+that do not sum to 1, a cost matrix with NaN) raise ``ValueError`` naming the argument when the
+inputs are concrete. Under ``jit`` a loss has no status to report them in, so **the loss of an
+example whose input was bad is NaN** (the flag), and only that example's: the solve runs on a
+repaired input, so the other examples' values and every gradient stay finite (the flagged
+examples get a zero gradient). An example whose solver reports an input problem (a status among
+:data:`INPUT_PROBLEMS`, e.g. a traced ``epsilon <= 0``) is flagged the same way.
 """
 
 from __future__ import annotations
@@ -20,9 +28,29 @@ from otreg.geometry import CostMatrix, PointCloud
 from otreg.newton import choose_solver
 from otreg.sliced import sliced_w2
 from otreg.sparse import sparse_ot
+from otreg.status import Status
 
 __all__ = ["sinkhorn_divergence_loss", "sliced_w2_loss", "wasserstein_label_loss",
            "sparse_ot_loss"]
+
+INPUT_PROBLEMS = (Status.MASS_MISMATCH, Status.BAD_WEIGHTS, Status.NONFINITE_INPUT,
+                  Status.BAD_PARAMETER)
+
+
+def _input_problem(status: jax.Array) -> jax.Array:
+    """True where a solver's status says its input was bad (the loss is then flagged NaN)."""
+    return jnp.isin(status, jnp.asarray(INPUT_PROBLEMS, jnp.int32))
+
+
+def _finite(z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(all entries finite, z with non-finite entries -> 0)`` for one example."""
+    ok = jnp.isfinite(z)
+    return jnp.all(ok), jnp.where(ok, z, jnp.zeros((), z.dtype))
+
+
+def _flag(bad: jax.Array, value: jax.Array) -> jax.Array:
+    """``value``, or NaN where ``bad`` (the under-``jit`` report of a bad input)."""
+    return jnp.where(bad, jnp.asarray(jnp.nan, value.dtype), value)
 
 
 def _flat_map(fn, batch_shape, *arrays):
@@ -47,6 +75,11 @@ def _point_sets(pred, target, fn):
     if target.shape[:-2] != batch or target.shape[-1] != pred.shape[-1]:
         raise ValueError(f"{fn}: `target` {target.shape} must share the batch shape {batch} "
                          f"and the dimension d = {pred.shape[-1]} of `pred` {pred.shape}.")
+    if 0 in pred.shape[-2:] or 0 in target.shape[-2:]:
+        raise ValueError(f"{fn}: every example needs at least one point of dimension d >= 1; "
+                         f"got `pred` {pred.shape} and `target` {target.shape}.")
+    _checks.check_finite(pred, "pred", fn, "points")
+    _checks.check_finite(target, "target", fn, "points")
     return pred, target, batch
 
 
@@ -73,7 +106,8 @@ def sinkhorn_divergence_loss(
 
     Returns:
       ``(...)``: :math:`S_\varepsilon` of each example (see :func:`otreg.sinkhorn_divergence`);
-      gradients by the envelope theorem.
+      gradients by the envelope theorem. NaN for an example with bad input under ``jit``
+      (module doc).
     """
     fn = "sinkhorn_divergence_loss"
     pred, target, batch = _point_sets(pred, target, fn)
@@ -82,11 +116,18 @@ def sinkhorn_divergence_loss(
         if w is not None and jnp.shape(w) != pts.shape[:-1]:
             raise ValueError(f"{fn}: `{name}` must have shape {pts.shape[:-1]}, got "
                              f"{jnp.shape(w)}.")
+    for name, w in (("pred_weights", pred_weights), ("target_weights", target_weights)):
+        if w is not None:
+            _checks.float_array(w, name, None, fn)
+            _checks.check_weight_vector(w, name, fn)
     _checks.check_epsilon(epsilon, fn)
 
     def one(x, y, a, b):
-        return sinkhorn_divergence(x, y, a, b, epsilon=epsilon, cost=cost,
-                                   block_size=block_size, **kwargs)[0]
+        okx, x = _finite(x)
+        oky, y = _finite(y)
+        val, aux = sinkhorn_divergence(x, y, a, b, epsilon=epsilon, cost=cost,
+                                       block_size=block_size, **kwargs)
+        return _flag(~(okx & oky) | _input_problem(aux.status), val)
 
     return _flat_map(one, batch, pred, target, pred_weights, target_weights)
 
@@ -111,7 +152,8 @@ def sliced_w2_loss(
       n_projections, control_variate, squared, **kwargs: as in :func:`otreg.sliced_w2`.
 
     Returns:
-      ``(...)`` per-example :math:`\widehat{SW}_2` (or its square).
+      ``(...)`` per-example :math:`\widehat{SW}_2` (or its square); NaN for an example with
+      non-finite points under ``jit`` (module doc).
     """
     fn = "sliced_w2_loss"
     pred, target, batch = _point_sets(pred, target, fn)
@@ -119,8 +161,11 @@ def sliced_w2_loss(
     keys = jax.random.split(key, max(math.prod(batch), 1)).reshape(batch + key.shape)
 
     def one(x, y, k):
-        return sliced_w2(x, y, key=k, n_projections=n_projections,
-                         control_variate=control_variate, squared=squared, **kwargs)
+        okx, x = _finite(x)
+        oky, y = _finite(y)
+        val = sliced_w2(x, y, key=k, n_projections=n_projections,
+                        control_variate=control_variate, squared=squared, **kwargs)
+        return _flag(~(okx & oky), val)
 
     return _flat_map(one, batch, pred, target, keys)
 
@@ -155,7 +200,10 @@ def wasserstein_label_loss(
       method: ``"sinkhorn"``, ``"sns"`` or ``"auto"`` (see :func:`otreg.sinkhorn_divergence`).
 
     Returns:
-      ``(...)`` loss per example; its gradient in ``logits`` is the envelope gradient.
+      ``(...)`` loss per example; its gradient in ``logits`` is the envelope gradient. Under
+      ``jit``, NaN for an example with non-finite logits, a label out of range, a histogram
+      that is negative, non-finite or does not sum to 1, or a non-finite ``cost_matrix`` (these
+      raise ``ValueError`` on concrete inputs; module doc).
     """
     fn = "wasserstein_label_loss"
     logits = _checks.float_array(logits, "logits", None, fn)
@@ -167,6 +215,7 @@ def wasserstein_label_loss(
         raise ValueError(f"{fn}: `cost_matrix` must have shape ({K}, {K}) for {K} classes, "
                          f"got {M.shape}.")
     labels = jnp.asarray(labels)
+    _checks.check_finite(logits, "logits", fn, "scores")
     if jnp.issubdtype(labels.dtype, jnp.integer):
         if labels.shape != logits.shape[:-1]:
             raise ValueError(f"{fn}: integer `labels` must have shape {logits.shape[:-1]}, "
@@ -176,12 +225,25 @@ def wasserstein_label_loss(
             if int(lab.min()) < 0 or int(lab.max()) >= K:
                 raise ValueError(f"{fn}: `labels` must lie in [0, {K}), got values in "
                                  f"[{int(lab.min())}, {int(lab.max())}].")
-        target = jax.nn.one_hot(labels, K, dtype=logits.dtype)
+        label_ok = (labels >= 0) & (labels < K)
+        target = jax.nn.one_hot(jnp.where(label_ok, labels, 0), K, dtype=logits.dtype)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
         if labels.shape != logits.shape:
             raise ValueError(f"{fn}: histogram `labels` must have the shape of `logits` "
                              f"{logits.shape}, got {labels.shape}.")
         target = labels.astype(logits.dtype)
+        _checks.check_weight_vector(target, "labels", fn)
+        mass = jnp.sum(jnp.where(jnp.isfinite(target), target, -1.0), axis=-1)
+        label_ok = (jnp.all(jnp.isfinite(target) & (target >= 0), axis=-1)
+                    & (jnp.abs(mass - 1) <= _checks.mass_rtol(target, target)))
+        if _checks.is_concrete(labels) and labels.size:
+            ln = np.asarray(labels)
+            sums = ln.sum(axis=-1, dtype=np.float64)
+            if np.any(np.abs(sums - 1) > float(_checks.mass_rtol(ln, ln))):
+                raise ValueError(f"{fn}: histogram `labels` must sum to 1 along the last axis "
+                                 f"(softmax(logits) does); got sums in [{sums.min():.8g}, "
+                                 f"{sums.max():.8g}]. Normalise them.")
+        target = jnp.where(label_ok[..., None], target, jnp.full((), 1.0 / K, target.dtype))
     else:
         raise TypeError(f"{fn}: `labels` must be integer class ids or float histograms, got "
                         f"dtype {labels.dtype}.")
@@ -189,14 +251,17 @@ def wasserstein_label_loss(
     if _checks.is_concrete(M) and not (np.all(np.isfinite(np.asarray(M)))
                                        and np.all(np.asarray(M) >= 0)):
         raise ValueError(f"{fn}: `cost_matrix` must be finite and non-negative.")
-    probs = jax.nn.softmax(logits, axis=-1)
+    logits_ok = jnp.all(jnp.isfinite(logits), axis=-1)
+    probs = jax.nn.softmax(jnp.where(logits_ok[..., None], logits, 0.0), axis=-1)
+    bad = ~(logits_ok & label_ok) | ~jnp.all(jnp.isfinite(M))
     geom = CostMatrix(M)
     solver = choose_solver(method, geom, epsilon, fn)
 
-    def one(p, t):
-        return solver(geom, p, t, epsilon=epsilon, tol=tol, max_iter=max_iter).cost
+    def one(p, t, bad):
+        res = solver(geom, p, t, epsilon=epsilon, tol=tol, max_iter=max_iter)
+        return _flag(bad | _input_problem(res.status), res.cost)
 
-    return _flat_map(one, logits.shape[:-1], probs, target)
+    return _flat_map(one, logits.shape[:-1], probs, target, bad)
 
 
 def sparse_ot_loss(
@@ -219,7 +284,8 @@ def sparse_ot_loss(
 
     Returns:
       ``(...)``: the (semi-)dual value of each example; gradients by the envelope theorem
-      (the plan is the gradient in the cost).
+      (the plan is the gradient in the cost). NaN for an example with bad input under ``jit``
+      (module doc).
     """
     fn = "sparse_ot_loss"
     pred, target, batch = _point_sets(pred, target, fn)
@@ -227,6 +293,9 @@ def sparse_ot_loss(
                cost=cost)  # validates `cost` eagerly
 
     def one(x, y):
-        return sparse_ot(PointCloud(x, y, cost=cost), k=k, gamma=gamma, **kwargs).cost
+        okx, x = _finite(x)
+        oky, y = _finite(y)
+        res = sparse_ot(PointCloud(x, y, cost=cost), k=k, gamma=gamma, **kwargs)
+        return _flag(~(okx & oky) | _input_problem(res.status), res.cost)
 
     return _flat_map(one, batch, pred, target)

@@ -13,6 +13,12 @@ r"""OT as Optax gradient transformations: usable inside ``optax.chain``, ``optax
 
 Each follows Optax's conventions (``GradientTransformationExtraArgs``, a ``NamedTuple`` state,
 ``init``/``update``; ``ValueError(optax NO_PARAMS_MSG)`` when ``params`` are needed but missing).
+
+Bad values (a non-finite gradient or penalty gradient, a transport parameter that is not
+positive) raise ``ValueError`` naming the argument when ``update`` runs on concrete arrays. Under
+``jit`` the offending entries are neutralised (a non-finite update entry counts as 0, a
+non-positive P entry as the smallest positive float) so that the parameters stay finite, and the
+state's ``status`` says so (``otreg.explain``).
 """
 
 from __future__ import annotations
@@ -27,18 +33,48 @@ import optax
 from jax.scipy.special import ndtri
 
 from otreg import _checks
+from otreg.status import Status
 from otreg.univariate import sort_values
 
 __all__ = ["add_ot_penalty", "AddOTPenaltyState", "wasserstein_weight_decay",
-           "gaussian_w2", "project_transport"]
+           "gaussian_w2", "project_transport", "ProjectTransportState"]
 
 NO_PARAMS_MSG = optax._src.base.NO_PARAMS_MSG
+_INPUT_CODES = (Status.MASS_MISMATCH, Status.BAD_WEIGHTS, Status.NONFINITE_INPUT,
+                Status.BAD_PARAMETER)
+
+
+def _success() -> jax.Array:
+    return jnp.asarray(Status.SUCCESS, jnp.int32)
+
+
+def _worse(s: jax.Array, t: jax.Array) -> jax.Array:
+    """The status to report of two: an input problem beats a convergence one, then the larger."""
+    rank = lambda c: jnp.where(jnp.isin(c, jnp.asarray(_INPUT_CODES)), 100 + c, c)  # noqa: E731
+    return jnp.where(rank(t) > rank(s), t, s).astype(jnp.int32)
 
 
 class AddOTPenaltyState(NamedTuple):
-    """The PRNG key handed (after a split) to the penalty at the next step."""
+    """The PRNG key handed (after a split) to the penalty at the next step, and the status of
+    the last step: NONFINITE_INPUT when the penalty's gradient had non-finite entries (under
+    ``jit``; they were left out of the update)."""
 
     key: jax.Array
+    status: jax.Array | None = None
+
+
+class ProjectTransportState(NamedTuple):
+    """What the last projection found, over all selected matrices.
+
+    Attributes:
+      status: Sinkhorn's status of the projection (the worst over the leaves; MAX_ITER when it
+        did not reach ``tol``), or NONFINITE_INPUT when an update entry was not finite or a
+        parameter entry not positive (under ``jit``; those entries were neutralised).
+      error: the largest L1 marginal error of the projected matrices.
+    """
+
+    status: jax.Array
+    error: jax.Array
 
 
 def add_ot_penalty(penalty_fn: Callable[[Any, jax.Array], jax.Array], strength: float, *,
@@ -53,28 +89,60 @@ def add_ot_penalty(penalty_fn: Callable[[Any, jax.Array], jax.Array], strength: 
       key: the initial PRNG key (``jax.random.key`` or ``PRNGKey``); split at every update.
 
     Returns:
-      a gradient transformation whose state carries the key.
+      a gradient transformation whose state carries the key and the last step's status.
+
+    Raises:
+      TypeError: ``penalty_fn`` not callable, ``key`` not a PRNG key; ValueError: a penalty that
+      is not a scalar (at trace time), a non-finite penalty gradient on concrete inputs.
     """
-    _checks.check_positive_float(strength, "strength", "add_ot_penalty")
+    fn = "add_ot_penalty"
+    _checks.check_positive_float(strength, "strength", fn)
     if not callable(penalty_fn):
-        raise TypeError(f"add_ot_penalty: `penalty_fn` must be callable (params, key) -> "
+        raise TypeError(f"{fn}: `penalty_fn` must be callable (params, key) -> "
                         f"scalar, got {type(penalty_fn).__name__}.")
+    _check_key(key, fn)
 
     def init_fn(params):
         del params
-        return AddOTPenaltyState(key=key)
+        return AddOTPenaltyState(key=key, status=_success())
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         if params is None:
             raise ValueError(NO_PARAMS_MSG)
         key, sub = jax.random.split(state.key)
+        out = jax.eval_shape(penalty_fn, params, sub)
+        if getattr(out, "shape", None) != () or not jnp.issubdtype(out.dtype, jnp.floating):
+            raise ValueError(f"{fn}: `penalty_fn(params, key)` must return a float scalar, got "
+                             f"{getattr(out, 'shape', out)} of dtype {getattr(out, 'dtype', '')}"
+                             f"; reduce it (e.g. with jnp.sum or jnp.mean).")
         grads = jax.grad(penalty_fn)(params, sub)
-        updates = jax.tree_util.tree_map(lambda u, g: u + strength * g.astype(u.dtype), updates,
-                                         grads)
-        return updates, AddOTPenaltyState(key=key)
+        leaves = jax.tree_util.tree_leaves(grads)
+        ok = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in leaves] or [True]))
+        if _checks.is_concrete(*leaves) and not bool(ok):
+            raise ValueError(f"{fn}: the gradient of `penalty_fn` at these `params` contains "
+                             f"NaN or inf; make the penalty differentiable there (e.g. no sqrt "
+                             f"or log at 0, finite params).")
+        updates = jax.tree_util.tree_map(
+            lambda u, g: u + strength * jnp.where(jnp.isfinite(g), g, 0).astype(u.dtype),
+            updates, grads)
+        status = jnp.where(ok, Status.SUCCESS, Status.NONFINITE_INPUT).astype(jnp.int32)
+        return updates, AddOTPenaltyState(key=key, status=status)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_key(key: Any, fn: str) -> None:
+    """A PRNG key: a typed key array (``jax.random.key``) or a raw ``uint32[2]``
+    (``jax.random.PRNGKey``)."""
+    if key is None:
+        raise TypeError(f"{fn}: `key` is None; pass a PRNG key, e.g. key=jax.random.key(0).")
+    arr = key if isinstance(key, jax.Array) else np.asarray(key)
+    typed = jnp.issubdtype(arr.dtype, jax.dtypes.prng_key)
+    if not (typed and arr.shape == ()) and not (arr.dtype == np.uint32 and arr.shape == (2,)):
+        raise TypeError(f"{fn}: `key` must be a PRNG key (jax.random.key(0) or "
+                        f"jax.random.PRNGKey(0)), got {type(key).__name__} of shape "
+                        f"{getattr(arr, 'shape', None)} and dtype {arr.dtype}.")
 
 
 def gaussian_w2(w: jax.Array, prior_std: float) -> jax.Array:
@@ -115,6 +183,7 @@ def wasserstein_weight_decay(strength: float, *, prior_std: float
             raise ValueError(NO_PARAMS_MSG)
 
         def one(u, w):
+            _checks.check_finite(w, "params", fn, "parameters")
             if w.size < 2:
                 return u
             g = jax.grad(gaussian_w2)(w.astype(jnp.promote_types(w.dtype, jnp.float32)),
@@ -148,38 +217,77 @@ def project_transport(epsilon: float, *, a: jax.Array | None = None,
       a, b: the marginals (default: uniform, total mass 1 each); ``a = b = ones(n)`` gives
         doubly-stochastic matrices.
       tol, max_iter: Sinkhorn's stopping rule for the projection (L1 marginal error).
+
+    Returns:
+      a gradient transformation whose state (:class:`ProjectTransportState`) holds the last
+      projection's status and marginal error: a projection that did not reach ``tol`` is
+      reported there, never silently.
     """
     fn = "project_transport"
     _checks.check_positive_float(epsilon, "epsilon", fn)
     max_iter = _checks.check_positive_int(max_iter, "max_iter", fn)
+    if tol is not None:
+        _checks.check_positive_float(tol, "tol", fn)
+    for name, w in (("a", a), ("b", b)):
+        if w is not None:
+            _checks.check_weight_vector(_checks.float_array(w, name, 1, fn), name, fn)
+
+    def marginals(n, m, dt):
+        aa = jnp.full((n,), 1.0 / n, dt) if a is None else jnp.asarray(a, dt)
+        bb = jnp.full((m,), 1.0 / m, dt) if b is None else jnp.asarray(b, dt)
+        if aa.shape != (n,) or bb.shape != (m,):
+            raise ValueError(f"{fn}: `a` {aa.shape} and `b` {bb.shape} must have one entry per "
+                             f"row and column of the ({n}, {m}) parameter.")
+        return aa, bb
+
+    def check_params(P):
+        if jnp.ndim(P) != 2:
+            raise ValueError(f"{fn}: every selected parameter must be a matrix (n, m); got "
+                             f"shape {jnp.shape(P)}. Select the matrices with optax.masked.")
+        if _checks.is_concrete(P):
+            Pn = np.asarray(P)
+            if not (np.all(np.isfinite(Pn)) and np.all(Pn > 0)):
+                raise ValueError(f"{fn}: the transport parameter in `params` must have finite, "
+                                 f"positive entries (min {np.nanmin(Pn):.3g}); start from e.g. "
+                                 f"jnp.outer(a, b), which the projection keeps positive.")
 
     def init_fn(params):
         for leaf in jax.tree_util.tree_leaves(params):
-            if jnp.ndim(leaf) != 2:
-                raise ValueError(f"{fn}: every selected parameter must be a matrix (n, m); got "
-                                 f"shape {jnp.shape(leaf)}. Select the matrices with "
-                                 f"optax.masked.")
-        return optax.EmptyState()
+            check_params(leaf)
+            aa, bb = marginals(*jnp.shape(leaf), jnp.promote_types(leaf.dtype, jnp.float32))
+            _checks.check_weight_values(aa, bb, fn)
+        return ProjectTransportState(status=_success(), error=jnp.zeros((), jnp.float32))
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
+        del extra_args, state
         if params is None:
             raise ValueError(NO_PARAMS_MSG)
         from otreg.sinkhorn import sinkhorn  # local: transforms is a leaf of the package
 
+        found = []
+
         def one(u, P):
-            if P.ndim != 2:
-                raise ValueError(f"{fn}: parameter of shape {P.shape} is not a matrix.")
+            check_params(P)
+            _checks.check_finite(u, "updates", fn, "updates (gradients)")
             n, m = P.shape
             dt = jnp.promote_types(P.dtype, jnp.float32)
-            aa = jnp.full((n,), 1.0 / n, dt) if a is None else jnp.asarray(a, dt)
-            bb = jnp.full((m,), 1.0 / m, dt) if b is None else jnp.asarray(b, dt)
+            aa, bb = marginals(n, m, dt)
             Pd, ud = P.astype(dt), u.astype(dt)
-            logp = jnp.log(jnp.maximum(Pd, jnp.finfo(dt).tiny) / (aa[:, None] * bb[None, :]))
+            ok = jnp.all(jnp.isfinite(ud)) & jnp.all(jnp.isfinite(Pd) & (Pd > 0))
+            ud = jnp.where(jnp.isfinite(ud), ud, 0.0)
+            Pd = jnp.where(jnp.isfinite(Pd) & (Pd > 0), Pd, jnp.finfo(dt).tiny)
+            logp = jnp.log(Pd / (aa[:, None] * bb[None, :]))
             res = sinkhorn(-(epsilon * logp + ud), aa, bb, epsilon=epsilon, tol=tol,
                            max_iter=max_iter, anneal=False, init=None)
-            return (res.plan() - Pd).astype(u.dtype)
+            status = jnp.where(ok, res.status, Status.NONFINITE_INPUT).astype(jnp.int32)
+            found.append((status, res.error.astype(jnp.float32)))
+            P0 = jnp.where(jnp.isfinite(P), P, 0).astype(dt)  # P + update = the projection
+            return (res.plan() - P0).astype(u.dtype)
 
-        return jax.tree_util.tree_map(one, updates, params), state
+        out = jax.tree_util.tree_map(one, updates, params)
+        status, error = _success(), jnp.zeros((), jnp.float32)
+        for st, err in found:
+            status, error = _worse(status, st), jnp.maximum(error, err)
+        return out, ProjectTransportState(status=status, error=error)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import ot
 import pytest
 
+import otreg
 from otreg import cli, data
 
 
@@ -16,7 +19,8 @@ def test_demo_prints_table(capsys):
     assert cli.main(["demo", "--n", "200"]) == 0
     out = capsys.readouterr().out
     assert "method" in out and "converged" in out
-    assert sum(line.startswith("sliced_w2") for line in out.splitlines()) == 2
+    sliced = [line for line in out.splitlines() if line.startswith("sliced_w2")]
+    assert len(sliced) == 2 and all(line.rstrip().endswith("n/a") for line in sliced)
     assign = [line for line in out.splitlines() if "assignment" in line]
     assert len(assign) == 2 and assign[1].startswith("sns") and assign[1].rstrip().endswith("True")
     assert int(assign[1].split()[-3]) < int(assign[0].split()[-3])  # SNS: fewer iterations
@@ -54,10 +58,19 @@ def test_distance_sliced(tmp_path, rng, capsys):
     x = rng.standard_normal((40, 3))
     px, py = tmp_path / "x.npy", tmp_path / "y.npy"
     np.save(px, x)
-    np.save(py, x + np.array([1.0, 0.0, 0.0]))  # a translation: every slice is exact
-    assert cli.main(["distance", str(px), str(py), "--method", "sliced"]) == 0
-    value = float(capsys.readouterr().out.strip().splitlines()[0])
-    assert 0.2 < value ** 2 < 0.5  # E[(theta . t)^2] = |t|^2 / d = 1/3, estimated
+    np.save(py, x + np.array([1.0, 0.0, 0.0]))
+    xj, yj = jnp.asarray(x, jnp.float32), jnp.asarray(x + np.array([1.0, 0.0, 0.0]), jnp.float32)
+    values = []
+    for seed, n_proj in ((0, 128), (3, 40)):
+        assert cli.main(["distance", str(px), str(py), "--method", "sliced", "--seed", str(seed),
+                         "--n-projections", str(n_proj)]) == 0
+        out = capsys.readouterr()
+        value = float(out.out.strip().splitlines()[0])
+        assert "converged=n/a" in out.err
+        ref = float(otreg.sliced_w2(xj, yj, key=jax.random.PRNGKey(seed), n_projections=n_proj))
+        np.testing.assert_allclose(value, ref, rtol=1e-6)
+        values.append(value)
+    assert values[0] != values[1]  # the seed and the number of projections reach the solver
 
 
 def test_distance_sparse(tmp_path, rng, x64, capsys):
@@ -73,7 +86,14 @@ def test_distance_sparse(tmp_path, rng, x64, capsys):
                                  numItermax=100_000)
     np.testing.assert_allclose(value, (T * ot.dist(x, y)).sum() + 0.25 * (T ** 2).sum(),
                                rtol=1e-5)
-    assert cli.main(["distance", str(px), str(py), "--method", "sparse", "--k", "1"]) == 0
+    code = cli.main(["distance", str(px), str(py), "--method", "sparse", "--k", "1"])
+    out = capsys.readouterr()
+    value = float(out.out.strip())
+    geom = otreg.PointCloud(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
+    res = otreg.sparse_ot(geom, k=1, gamma=0.1, max_iter=10_000, tol=None)  # the CLI defaults
+    np.testing.assert_allclose(value, float(res.primal), rtol=1e-6)
+    assert code == (0 if bool(res.converged) else 1)
+    assert f"converged={bool(res.converged)}" in out.err
 
 
 def test_distance_errors(tmp_path, capsys):
