@@ -26,7 +26,11 @@ def test_divergence_loss_batch_axes(rng):
     vm = jax.vmap(lambda p, t: losses.sinkhorn_divergence_loss(p, t, epsilon=0.1))(pred, target)
     np.testing.assert_allclose(vm, out, rtol=1e-4)
     g = jax.grad(lambda p: losses.sinkhorn_divergence_loss(p, target, epsilon=0.1).mean())(pred)
-    assert g.shape == pred.shape and bool(jnp.all(jnp.isfinite(g)))
+    assert g.shape == pred.shape
+    for i, j in ((0, 1), (1, 0)):  # the batch gradient is the per-example one, over the mean
+        gs = jax.grad(lambda p, t=target[i, j]: otreg.sinkhorn_divergence(p, t, epsilon=0.1)[0])(
+            pred[i, j])
+        np.testing.assert_allclose(g[i, j], gs / 6, rtol=1e-3, atol=1e-6)
     assert float(losses.sinkhorn_divergence_loss(pred[0, 0], pred[0, 0], epsilon=0.1)) < 1e-4
 
 
@@ -105,9 +109,82 @@ def test_sliced_loss_batch_and_errors(rng):
     keys = jax.random.split(key, 6).reshape(2, 3, -1)
     np.testing.assert_allclose(out[1, 2], otreg.sliced_w2(pred[1, 2], target[1, 2], key=keys[1, 2],
                                                           n_projections=32), rtol=1e-5)
-    g = jax.jit(jax.grad(lambda p: losses.sliced_w2_loss(p, target, key=key).mean()))(pred)
-    assert bool(jnp.all(jnp.isfinite(g)))
+    g = jax.jit(jax.grad(lambda p: losses.sliced_w2_loss(p, target, key=key,
+                                                         n_projections=32).mean()))(pred)
+    for i, j in ((0, 0), (1, 2)):
+        gs = jax.grad(lambda p, t=target[i, j], k=keys[i, j]: otreg.sliced_w2(
+            p, t, key=k, n_projections=32))(pred[i, j])
+        np.testing.assert_allclose(g[i, j], gs / 6, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="batch shape"):
         losses.sliced_w2_loss(pred, target[0])
     with pytest.raises(ValueError, match="n_projections"):
         losses.sliced_w2_loss(pred, target, n_projections=0)
+
+
+def _fd(f, z, direction, h=1e-5):
+    """Central finite difference of a float64 function along ``direction``."""
+    return (f(z + h * direction) - f(z - h * direction)) / (2 * h)
+
+
+def test_loss_gradients_match_finite_differences(rng, x64):
+    """float64: the gradient of each (summed) loss along a random direction equals the central
+    finite difference of the loss (envelope gradients are exact at convergence)."""
+    pred = jnp.asarray(rng.standard_normal((2, 6, 2)))
+    target = jnp.asarray(rng.standard_normal((2, 5, 2)) + 0.5)
+    direction = jnp.asarray(rng.standard_normal(pred.shape))
+    key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
+    square = jnp.asarray(rng.standard_normal((2, 6, 2)) + 0.5)  # quadratic OT: k = n = m
+    point_losses = {
+        "divergence": lambda p: losses.sinkhorn_divergence_loss(p, target, epsilon=0.5,
+                                                                tol=1e-12).sum(),
+        "sliced": lambda p: losses.sliced_w2_loss(p, target, key=key, n_projections=8).sum(),
+        "quadratic": lambda p: losses.sparse_ot_loss(p, square, k=6, gamma=1.0,
+                                                     tol=1e-12).sum(),
+    }
+    for name, f in point_losses.items():
+        g = jax.grad(f)(pred)
+        np.testing.assert_allclose(float(jnp.vdot(g, direction)), _fd(f, pred, direction),
+                                   rtol=1e-5, atol=1e-8, err_msg=name)
+    K = 5
+    M = jnp.asarray(_ground_metric(K) / K)
+    logits = jnp.asarray(rng.standard_normal((3, K)))
+    soft = jnp.asarray(rng.dirichlet(np.ones(K), 3))
+    dz = jnp.asarray(rng.standard_normal(logits.shape))
+    for labels in (soft, jnp.asarray(rng.integers(0, K, 3))):
+        f = lambda z, labels=labels: losses.wasserstein_label_loss(  # noqa: E731
+            z, labels, M, epsilon=0.1, tol=1e-12).sum()
+        g = jax.grad(f)(logits)
+        np.testing.assert_allclose(float(jnp.vdot(g, dz)), _fd(f, logits, dz), rtol=1e-6,
+                                   atol=1e-9)
+        for i in range(3):  # the batch gradient row is the single-example gradient
+            gi = jax.grad(lambda z, i=i, labels=labels: losses.wasserstein_label_loss(
+                z, labels[i], M, epsilon=0.1, tol=1e-12))(logits[i])
+            np.testing.assert_allclose(g[i], gi, rtol=1e-7, atol=1e-12)
+
+
+def test_bad_examples_flagged_nan_under_jit(rng):
+    """Under jit, an example with bad input is NaN (its gradient 0); the others are unchanged."""
+    pred = jnp.asarray(rng.standard_normal((3, 6, 2)), jnp.float32)
+    target = jnp.asarray(rng.standard_normal((3, 6, 2)) + 1, jnp.float32)
+    bad = pred.at[1, 2, 0].set(jnp.nan)
+    key = jax.random.PRNGKey(0)
+    f = jax.jit(lambda p: losses.sliced_w2_loss(p, target, key=key, n_projections=16))
+    clean, flagged = np.asarray(f(pred)), np.asarray(f(bad))
+    assert np.isnan(flagged[1]) and np.all(np.isfinite(clean))
+    np.testing.assert_allclose(flagged[[0, 2]], clean[[0, 2]], rtol=1e-6)
+    g = jax.jit(jax.grad(lambda p: jnp.nansum(f(p))))(bad)
+    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g[1]).max()) == 0.0
+    with pytest.raises(ValueError, match="`pred`"):
+        losses.sliced_w2_loss(bad, target)
+    K = 4
+    M = jnp.asarray(_ground_metric(K), jnp.float32)
+    logits = jnp.asarray(rng.standard_normal((4, K)), jnp.float32)
+    lf = jax.jit(lambda z, y: losses.wasserstein_label_loss(z, y, M, epsilon=0.1))
+    good = np.asarray(lf(logits, jnp.asarray([0, 1, 2, 3])))
+    out = np.asarray(lf(logits.at[0, 1].set(jnp.inf), jnp.asarray([0, 1, K, -1])))
+    assert np.all(np.isnan(out[[0, 2, 3]])) and np.isfinite(out[1])
+    np.testing.assert_allclose(out[1], good[1], rtol=1e-6)
+    soft = jnp.full((2, K), 1.0 / K).at[1].mul(1.01)  # the second row sums to 1.01
+    assert np.isnan(lf(logits[:2], soft)).tolist() == [False, True]
+    with pytest.raises(ValueError, match="`labels`.*sum to 1"):
+        losses.wasserstein_label_loss(logits[:2], soft, M)
