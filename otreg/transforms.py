@@ -149,7 +149,12 @@ def gaussian_w2(w: jax.Array, prior_std: float) -> jax.Array:
     r""":math:`W_2^2` between the empirical distribution of the entries of ``w`` and
     :math:`\mathcal N(0, s^2)`, matched by sorting: the k-th smallest entry is paired with the
     Gaussian quantile :math:`s\,\Phi^{-1}((k + 1/2) / N)` (the exact 1-D coupling against the
-    Gaussian discretised at N mid-quantiles)."""
+    Gaussian discretised at N mid-quantiles). NaN entries raise ``ValueError`` on concrete
+    input; under ``jit`` the value is NaN (and the gradient NaN only at those entries)."""
+    fn = "gaussian_w2"
+    w = _checks.float_array(w, "w", None, fn)
+    _checks.check_positive_float(prior_std, "prior_std", fn)
+    _checks.check_finite(w, "w", fn, "parameters")
     flat = jnp.ravel(w)
     n = flat.shape[0]
     q = prior_std * ndtri((np.arange(n) + 0.5) / n).astype(flat.dtype)
