@@ -38,9 +38,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from otreg import _checks, _qot_newton
-from otreg._simplex import simplex_threshold
+from otreg import _assignment, _checks, _qot_newton
+from otreg._simplex import (
+    Columns,
+    dual_columns,
+    gather,
+    row_sums,
+    semi_dual_columns,
+    simplex_threshold,
+)
 from otreg.geometry import CostMatrix, as_geometry
+from otreg.sinkhorn import _repair_geometry, _validate_geometry_values
 from otreg.status import Status
 
 __all__ = ["sparse_ot", "quadratic_ot", "SparseOTResult", "simplex_threshold"]
@@ -49,26 +57,9 @@ STALL_STEPS = 20  # L-BFGS steps without objective progress before declaring sta
 SEMI_DUAL_MAX_SIZE = 10**6  # quadratic_ot's default formulation switches to the dual above
 FLAT_RTOL = 1e-6  # objective change per step, relative, times tol, that counts as stationary
 INIT_SWEEPS = 2  # block-ascent sweeps that initialise quadratic OT for L-BFGS
-
-
-class _Columns(NamedTuple):
-    """Per column j: the row indices (m, k) of its kept entries and their costs (m, k);
-    ``idx`` None means every row, in order (quadratic OT: dense (m, n) reductions)."""
-
-    idx: jax.Array | None
-    cost: jax.Array
-
-
-def _gather(v, cols: _Columns):
-    """``v[idx]`` (m, k), or ``v`` broadcast over the columns when dense."""
-    return v[None, :] if cols.idx is None else v[cols.idx]
-
-
-def _row_sums(t, cols: _Columns, n):
-    """The plan's row sums from its (m, k) column entries."""
-    if cols.idx is None:
-        return jnp.sum(t, axis=0)
-    return jax.ops.segment_sum(t.ravel(), cols.idx.ravel(), num_segments=n)
+RESTARTS = 3  # L-BFGS restarts from the best point after a stall (nonsmooth relaxation)
+AUCTION_ROUNDS = 100  # k = 1 (uniform, square): bidding rounds per unit of max_iter
+HI = jax.lax.Precision.HIGHEST
 
 
 class SparseOTResult(NamedTuple):
@@ -120,31 +111,61 @@ class SparseOTResult(NamedTuple):
         return rows, jnp.sum(self.values, axis=1)
 
 
-def _kept(gt, alpha, k) -> _Columns:
+@jax.tree_util.register_pytree_node_class
+class _Normalised:
+    """A blocked cloud seen through :math:`C' = (C - c_0) / s` (the only reductions the solver
+    needs on it: the top k of each row, and the transpose)."""
+
+    is_blocked = True
+
+    def __init__(self, geom, c0, s):
+        self.geom, self.c0, self.s = geom, c0, s
+
+    def tree_flatten(self):
+        return (self.geom, self.c0, self.s), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    @property
+    def shape(self):
+        return self.geom.shape
+
+    def transpose(self):
+        return _Normalised(self.geom.transpose(), self.c0, self.s)
+
+    def row_top_k(self, h, eps, k):  # ranks h - C'/eps = (h + c0 / (s eps)) - C / (s eps)
+        idx, c = self.geom.row_top_k(h + self.c0 / (self.s * eps), self.s * eps, k)
+        return idx, (c - self.c0) / self.s
+
+
+def _normalise(live):
+    """``(geometry of C' = (C - c0) / s, c0, s)`` with c0 = min C and s = max C - min C (1 for a
+    constant C), held constant: C' spans [0, 1], and (C', gamma / s) is the same problem for
+    every scale and shift of C (module doc)."""
+    sg = jax.lax.stop_gradient
+    if isinstance(live, CostMatrix):
+        C = live.cost_matrix
+        lo, hi = sg(jnp.min(C)), sg(jnp.max(C))
+    else:  # the smallest cost of each row is the top 1 of -C
+        hi = sg(live.max_cost())
+        lo = sg(jnp.min(live.row_top_k(jnp.zeros(live.shape[1], live.dtype), 1.0, 1)[1]))
+    s = hi - lo
+    s = jnp.where(jnp.isfinite(s) & (s > 0), s, 1.0)
+    if isinstance(live, CostMatrix):
+        return CostMatrix((C - lo) / s), lo, s
+    return _Normalised(live, lo, s), lo, s
+
+
+def _kept(gt, alpha, k) -> Columns:
     """Top k of ``alpha - c_j`` for every column j (gt: the transposed geometry); every row
     when ``k >= n`` (no selection: quadratic OT)."""
     m, n = gt.shape
     if k >= n:  # every row: no indices (idx None), dense reductions instead of gathers/scatters
-        return _Columns(None, gt.cost_matrix)
+        return Columns(None, gt.cost_matrix)
     idx, cost = gt.row_top_k(alpha, jnp.asarray(1.0, alpha.dtype), k)
-    return _Columns(idx, cost)
-
-
-def _semi_dual_columns(alpha, cols: _Columns, b, gamma):
-    """y_j (m, k) on the kept entries, and column j's max_Omega value."""
-    x = _gather(alpha, cols) - cols.cost
-    on = b > 0
-    gb = gamma * jnp.where(on, b, 1.0)[:, None]
-    z = x / gb
-    y = jnp.maximum(z - simplex_threshold(z, axis=1), 0.0)
-    y = jnp.where(on[:, None], y, 0.0)
-    val = jnp.sum(y * x, axis=1) - 0.5 * gb[:, 0] * jnp.sum(y * y, axis=1)
-    return y, val
-
-
-def _dual_columns(alpha, beta, cols: _Columns, gamma):
-    s = jnp.maximum(_gather(alpha, cols) + beta[:, None] - cols.cost, 0.0)
-    return s / gamma, jnp.sum(s * s, axis=1) / (2.0 * gamma)
+    return Columns(idx, cost)
 
 
 def _objective(params, gt, a, b, gamma, k, formulation):
@@ -152,16 +173,18 @@ def _objective(params, gt, a, b, gamma, k, formulation):
     if formulation == "semi-dual":
         alpha = params
         cols = _kept(gt, alpha, k)
-        y, val = _semi_dual_columns(alpha, cols, b, gamma)
-        return jnp.dot(alpha, a) - jnp.dot(b, val), b[:, None] * y, cols
+        y, val = semi_dual_columns(alpha, cols, b, gamma)
+        return (jnp.dot(alpha, a, precision=HI) - jnp.dot(b, val, precision=HI),
+                b[:, None] * y, cols)
     alpha, beta = params
     cols = _kept(gt, alpha, k)
-    t, val = _dual_columns(alpha, beta, cols, gamma)
-    return jnp.dot(alpha, a) + jnp.dot(beta, b) - jnp.sum(val), t, cols
+    t, val = dual_columns(alpha, beta, cols, gamma)
+    return (jnp.dot(alpha, a, precision=HI) + jnp.dot(beta, b, precision=HI) - jnp.sum(val), t,
+            cols)
 
 
 def _marginal_grad(params, t, cols, a, b, formulation):
-    rows = _row_sums(t, cols, a.shape[0])
+    rows = row_sums(t, cols, a.shape[0])
     if formulation == "semi-dual":
         return a - rows
     return a - rows, b - jnp.sum(t, axis=1)
@@ -185,74 +208,112 @@ def _make_loss(gt, a, b, gamma, k, formulation):
     return loss
 
 
-def _error(grad, formulation):
-    leaves = jax.tree_util.tree_leaves(grad)
-    if formulation == "semi-dual":  # the column marginal is exact by construction
-        return jnp.sum(jnp.abs(leaves[0]))
-    return sum(jnp.sum(jnp.abs(g)) for g in leaves)
+def _error(grad):
+    """L1 norm of the gradient: the marginal error (the semi-dual meets ``b`` exactly)."""
+    return sum(jnp.sum(jnp.abs(g)) for g in jax.tree_util.tree_leaves(grad))
+
+
+def _lbfgs(loss, p0, tol, dtype, *, max_iter, memory, smooth):
+    """Optax L-BFGS (zoom line search) in one ``lax.while_loop``, until the marginal error is at
+    most ``tol``, ``max_iter`` steps, or stationarity: STALL_STEPS steps without a relative gain of
+    FLAT_RTOL * tol, after RESTARTS restarts (memory cleared) from the best point. Returns the
+    point (the first one at ``tol``; else, on the nonsmooth relaxation (``smooth`` False), the
+    best objective, and on a smooth problem the smallest error), iterations and whether
+    ``max_iter`` ended the run."""
+    opt = optax.lbfgs(memory_size=memory,
+                      linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=30))
+    value_and_grad = optax.value_and_grad_from_state(loss)
+    flat_tol = jnp.maximum(10 * jnp.finfo(dtype).eps, FLAT_RTOL * tol)
+    pick = lambda c, new, old: jax.tree_util.tree_map(  # noqa: E731
+        lambda u, v: jnp.where(c, u, v), new, old)
+
+    def body(c):
+        p, st, it, _, stall, prev, restarts, p_val, v_best, p_err, e_best = c
+        restart = stall >= STALL_STEPS
+        p, st = pick(restart, (p_val, opt.init(p_val)), (p, st))
+        stall, restarts = jnp.where(restart, 0, stall), restarts + restart
+        value, grad = value_and_grad(p, state=st)
+        upd, st = opt.update(grad, st, p, value=value, grad=grad, value_fn=loss)
+        p = optax.apply_updates(p, upd)
+        new = optax.tree_utils.tree_get(st, "value")
+        err = _error(optax.tree_utils.tree_get(st, "grad"))
+        better = new < prev - flat_tol * (1.0 + jnp.abs(prev))
+        kv, ke = new <= v_best, err <= e_best
+        return (p, st, it + 1, err, jnp.where(better, 0, stall + 1),
+                jnp.where(better, new, prev), restarts, pick(kv, p, p_val),
+                jnp.where(kv, new, v_best), pick(ke, p, p_err), jnp.where(ke, err, e_best))
+
+    def cond(c):
+        stalled = (c[4] >= STALL_STEPS) & (c[6] >= RESTARTS)
+        return (c[3] > tol) & ~stalled & (c[2] < max_iter)
+
+    inf = jnp.asarray(jnp.inf, dtype)
+    zero = jnp.array(0, jnp.int32)
+    v0 = loss(p0)
+    out = jax.lax.while_loop(cond, body, (p0, opt.init(p0), zero, inf, zero, v0, zero, p0, v0,
+                                          p0, inf))
+    done = out[10] <= tol
+    p = pick(done | smooth, out[9], out[7])
+    return p, out[2], ~done & (out[2] >= max_iter) & ~(out[4] >= STALL_STEPS)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "formulation", "max_iter", "memory", "solver"))
 def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     geom, a, b, status, in_dtype = _checks.solve_dtype_and_weights(geom, a, b)
+    geom, finite, _, _ = _repair_geometry(geom)
     dtype = a.dtype
     n, m = geom.shape
     gamma = jnp.asarray(gamma, dtype)
-    live = geom.materialize()
+    good_gamma = jnp.isfinite(gamma) & (gamma > 0)
+    status = jnp.where(finite, status, Status.NONFINITE_INPUT)
+    status = jnp.where(good_gamma | (status != Status.SUCCESS), status, Status.BAD_PARAMETER)
     sg = jax.lax.stop_gradient
+    # the solve runs on C' = (C - c0) / s, gamma' = gamma / s; results are mapped back
+    live, c0, s = _normalise(geom.materialize())
+    gamma = jnp.where(good_gamma, gamma, s) / s
     gt = jax.tree_util.tree_map(sg, live.transpose())
     a_s, b_s, gamma_s = sg(a), sg(b), sg(gamma)
+    tol = jnp.asarray(tol, dtype)
     loss = _make_loss(gt, a_s, b_s, gamma_s, k, formulation)
-    if k >= n and solver == "lbfgs":  # quadratic OT: start from exact block ascent
-        alpha0, beta0 = _qot_newton.block_ascent(sg(live.cost_matrix), a_s, b_s, gamma_s,
-                                                 INIT_SWEEPS)
-    else:
-        alpha0, beta0 = jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
-    p0 = alpha0 if formulation == "semi-dual" else (alpha0, beta0)
-    opt = optax.lbfgs(memory_size=memory,
-                      linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=30))
-    value_and_grad = optax.value_and_grad_from_state(loss)
-
-    def body(c):
-        p, st, it, _, _, stall, prev, p_best, err_best = c
-        value, grad = value_and_grad(p, state=st)
-        upd, st = opt.update(grad, st, p, value=value, grad=grad, value_fn=loss)
-        p = optax.apply_updates(p, upd)
-        new_value = optax.tree_utils.tree_get(st, "value")
-        err = _error(optax.tree_utils.tree_get(st, "grad"), formulation)
-        # stationarity: no decrease of the loss by more than flat_tol (relative) for
-        # STALL_STEPS steps (the nonsmooth relaxation jitters at its optimum)
-        flat_tol = jnp.maximum(10 * jnp.finfo(dtype).eps, FLAT_RTOL * tol)
-        better = new_value < prev - flat_tol * (1.0 + jnp.abs(prev))
-        stall = jnp.where(better, 0, stall + 1)
-        # keep the iterate with the smallest marginal error (on the nonsmooth relaxation the
-        # last iterate's plan can be further from the marginals than an earlier one's)
-        keep = err <= err_best
-        p_best = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), p, p_best)
-        return (p, st, it + 1, err, err <= tol, stall, jnp.where(better, new_value, prev),
-                p_best, jnp.minimum(err, err_best))
-
-    def cond(c):
-        return ~c[4] & (c[5] < STALL_STEPS) & (c[2] < max_iter)
-
-    inf = jnp.asarray(jnp.inf, dtype)
+    sigma, use_sigma, certified = None, jnp.array(False), jnp.array(True)
+    zeros = (jnp.zeros((n,), dtype), jnp.zeros((m,), dtype))
+    lbfgs = functools.partial(_lbfgs, loss, tol=tol, dtype=dtype, max_iter=max_iter,
+                              memory=memory, smooth=k >= n)
+    stall_code = jnp.asarray(Status.ROW_GAP if k < n else Status.STALLED, jnp.int32)
     if solver == "newton":  # semi-smooth Newton on the dual with continuation in gamma (k = n)
         alpha, beta, it, err, _, stalled = _qot_newton.solve(
             sg(live.cost_matrix), a_s, b_s, gamma_s, tol, max_iter=max_iter, cg_max_iter=500)
-        p, done, stall = (alpha, beta), err <= tol, jnp.array(0)
+        p, exhausted, stall_code = (alpha, beta), ~stalled, jnp.int32(Status.NEWTON_STALLED)
         formulation = "dual"  # the result is the dual pair
+    elif k == 1 and n == m and formulation == "semi-dual" and isinstance(live, CostMatrix):
+        # uniform square k = 1: the assignment problem, solved exactly (auction + certificate)
+        def auction():
+            r = _assignment.solve(gt.cost_matrix.T, max_rounds=AUCTION_ROUNDS * max_iter)
+            return r.alpha, r.sigma, r.certified, r.rounds, r.exhausted, jnp.int32(Status.STALLED)
+
+        def relaxation():
+            p, it, ex = lbfgs(zeros[0])
+            return p, jnp.zeros((m,), jnp.int32), jnp.array(True), it, ex, stall_code
+
+        use_sigma = jnp.all(a_s == a_s[0]) & jnp.all(b_s == b_s[0])
+        p, sigma, certified, it, exhausted, stall_code = jax.lax.cond(use_sigma, auction,
+                                                                      relaxation)
     else:
-        init = (p0, opt.init(p0), jnp.array(0, jnp.int32), inf, jnp.array(False), jnp.array(0),
-                loss(p0), p0, inf)
-        _, _, it, _, done, stall, _, p, err = jax.lax.while_loop(cond, body, init)
-        stalled = jnp.array(False)
+        p0 = zeros[0] if formulation == "semi-dual" else zeros
+        if k >= n:  # quadratic OT: start from exact block ascent
+            alpha0, beta0 = _qot_newton.block_ascent(sg(live.cost_matrix), a_s, b_s, gamma_s,
+                                                     INIT_SWEEPS)
+            p0 = alpha0 if formulation == "semi-dual" else (alpha0, beta0)
+        p, it, exhausted = lbfgs(p0)
     p = sg(p)
     ok = jax.tree_util.tree_reduce(lambda acc, z: acc & jnp.all(jnp.isfinite(z)), p,
                                    jnp.array(True))
     p = jax.tree_util.tree_map(lambda z: jnp.where(ok, z, 0.0), p)
-    # value with envelope gradients: the solve is held fixed, C (or x, y), a, b stay live
+    # value with envelope gradients: the solve is held fixed, C (or x, y), a, b, gamma stay live
     alpha = p if formulation == "semi-dual" else p[0]
-    cols = _kept(sg(gt), alpha, k)
+    cols = _kept(gt, alpha, k)
+    if sigma is not None:
+        cols = Columns(jnp.where(use_sigma, sigma[:, None], cols.idx), None)
     live_t = live.transpose()
     if cols.idx is None:
         c_live = live_t.cost_matrix
@@ -260,26 +321,35 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
         c_live = jnp.take_along_axis(live_t.cost_matrix, cols.idx, axis=1)
     else:
         c_live = _kept(live_t, alpha, k).cost
-    cols = _Columns(cols.idx, c_live)
+    cols = Columns(cols.idx, c_live)
     if formulation == "semi-dual":
-        y, val = _semi_dual_columns(alpha, _Columns(cols.idx, sg(c_live)), b_s, gamma_s)
-        x = _gather(alpha, cols) - cols.cost
+        y, val = semi_dual_columns(alpha, Columns(cols.idx, sg(c_live)), b_s, gamma_s)
+        x = gather(alpha, cols) - cols.cost
         gb = gamma * b[:, None]
         col_val = jnp.sum(sg(y) * x, axis=1) - 0.5 * gb[:, 0] * jnp.sum(sg(y) ** 2, axis=1)
-        cost = jnp.dot(alpha, a) - jnp.dot(b, col_val)
+        cost = jnp.dot(alpha, a, precision=HI) - jnp.dot(b, col_val, precision=HI)
         t = b_s[:, None] * y
         beta = -sg(val)
     else:
         beta = p[1]
-        t, _ = _dual_columns(alpha, beta, _Columns(cols.idx, sg(c_live)), gamma_s)
-        s = jnp.maximum(_gather(alpha, cols) + beta[:, None] - cols.cost, 0.0)
-        cost = jnp.dot(alpha, a) + jnp.dot(beta, b) - jnp.sum(s * s) / (2.0 * gamma)
-    rows = _row_sums(t, cols, n)
+        t, _ = dual_columns(alpha, beta, Columns(cols.idx, sg(c_live)), gamma_s)
+        sp = jnp.maximum(gather(alpha, cols) + beta[:, None] - cols.cost, 0.0)
+        cost = (jnp.dot(alpha, a, precision=HI) + jnp.dot(beta, b, precision=HI)
+                - jnp.sum(sp * sp) / (2.0 * gamma))
+    rows = row_sums(t, cols, n)
     error = jnp.sum(jnp.abs(rows - a_s)) + jnp.sum(jnp.abs(jnp.sum(t, axis=1) - b_s))
-    primal = jnp.sum(t * cols.cost) + 0.5 * gamma * jnp.sum(t * t)
-    converged = (done | (stall >= STALL_STEPS)) & ok
-    solve_status = jnp.where(~ok, Status.NUMERICAL, jnp.where(
-        converged, Status.SUCCESS, jnp.where(stalled, Status.NEWTON_STALLED, Status.MAX_ITER)))
+    # back to the caller's units: alpha = s alpha' + c0, beta = s beta', F = s F' + c0 <1, a>
+    cost = s * cost + c0 * jnp.sum(a)
+    primal = s * (jnp.sum(t * cols.cost) + 0.5 * gamma * jnp.sum(t * t)) + c0 * jnp.sum(t)
+    alpha, beta = s * alpha + c0, s * beta
+    outs = (cost, primal, alpha, beta, error, t)
+    finite_out = ok & functools.reduce(lambda acc, z: acc & jnp.all(jnp.isfinite(z)), outs,
+                                       jnp.array(True))
+    cost, primal, alpha, beta, error, t = (jnp.where(finite_out, z, 0.0) for z in outs)
+    error = jnp.where(finite_out, error, jnp.inf)
+    converged = (error <= tol) & finite_out & certified
+    solve_status = jnp.where(converged, Status.SUCCESS, jnp.where(
+        ~finite_out, Status.NUMERICAL, jnp.where(exhausted, Status.MAX_ITER, stall_code)))
     status = jnp.where(status != Status.SUCCESS, status, solve_status).astype(jnp.int32)
     cast = (lambda z: z.astype(in_dtype)) if in_dtype != dtype else (lambda z: z)
     return SparseOTResult(cost=cast(cost), primal=cast(primal), alpha=cast(alpha),
@@ -291,6 +361,7 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
 
 def _validate(fn, geom, a, b, gamma, tol, max_iter, formulation, memory, solver="lbfgs"):
     geom = as_geometry(geom, fn)
+    _validate_geometry_values(geom, fn)  # concrete NaN/inf costs or points raise
     n, m = geom.shape
     dtype = jnp.dtype(jnp.float64 if geom.dtype == jnp.float64 else jnp.float32)
     if a is not None or b is not None:

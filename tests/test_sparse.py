@@ -11,7 +11,7 @@ import numpy as np
 import ot
 import pytest
 from conftest import clouds, sqdist
-from scipy.optimize import linear_sum_assignment
+from scipy.optimize import linear_sum_assignment, minimize
 
 import otreg
 from otreg._simplex import simplex_threshold
@@ -30,6 +30,23 @@ def _problem(rng, n, m, d=2, uniform=True):
 def _pot(fn, *args, **kw):
     with contextlib.redirect_stdout(io.StringIO()):  # POT's sparsity code prints shapes
         return fn(*args, **kw)
+
+
+def _tight_semi_dual(C, a, b, gamma, k, restarts=4):
+    """The relaxed semi-dual's maximum by SciPy's L-BFGS-B at tight tolerances, restarted from
+    its own best point (POT's objective and gradient)."""
+    reg = ot.smooth.SparsityConstrained(gamma=gamma, max_nz=k)
+
+    def f(al):
+        v, g = ot.smooth.semi_dual_obj_grad(al, a, b, C, reg)
+        return -v, -g
+
+    al, best = np.zeros(len(a)), -np.inf
+    for _ in range(restarts):
+        r = minimize(f, al, jac=True, method="L-BFGS-B",
+                     options=dict(ftol=1e-15, gtol=1e-13, maxiter=20_000, maxcor=20))
+        al, best = r.x, max(best, -r.fun)
+    return best
 
 
 def test_simplex_threshold_matches_sorting(rng, x64):
@@ -52,7 +69,11 @@ def test_quadratic_matches_pot(rng, x64, solver, formulation):
     gamma = float(rng.choice([0.05, 0.1]))
     res = otreg.quadratic_ot(C, a, b, gamma=gamma, tol=1e-9, solver=solver,
                              formulation=formulation)
-    assert bool(res.converged) and int(res.status) == Status.SUCCESS
+    if solver == "newton" or bool(res.converged):
+        assert bool(res.converged) and int(res.status) == Status.SUCCESS
+        assert float(res.error) <= 1e-9
+    else:  # L-BFGS's line search stalls near 1e-7 in float64: said so, not SUCCESS
+        assert int(res.status) == Status.STALLED and float(res.error) > 1e-9
     T = ot.smooth.smooth_ot_dual(a, b, C, gamma, reg_type="l2", stopThr=1e-14,
                                  numItermax=100_000)
     P = np.asarray(res.plan())
@@ -145,26 +166,23 @@ def test_sparse_cardinality_marginals_and_pot(rng, x64):
         np.testing.assert_allclose(P.sum(0), b, atol=1e-14)  # the semi-dual meets b exactly
         row_err = np.abs(P.sum(1) - a).sum()
         np.testing.assert_allclose(float(res.error), row_err, rtol=1e-6, atol=1e-12)
-        T, log = _pot(ot.smooth.smooth_ot_semi_dual, a, b, C, gamma,
-                      reg_type="sparsity_constrained", max_nz=k, stopThr=1e-12,
-                      numItermax=10_000, log=True)
+        T = _pot(ot.smooth.smooth_ot_semi_dual, a, b, C, gamma,
+                 reg_type="sparsity_constrained", max_nz=k, stopThr=1e-12, numItermax=10_000)
         pot_err = np.abs(T.sum(1) - a).sum()
-        if k > 1:  # k = 1 is the nonsmooth LP semi-dual: see test_k1_is_the_assignment
-            # the gap is one supergradient of a nonsmooth concave semi-dual: no worse than POT's,
-            # or (about 1 run in 12 at k = 2) a maximum as high as POT's to 1e-5 at a kink
-            # where POT's L-BFGS-B stopped at a smaller gap
-            reg = ot.smooth.SparsityConstrained(gamma=gamma, max_nz=k)
-            pot_val = ot.smooth.semi_dual_obj_grad(log["alpha"], a, b, C, reg)[0]
+        if k > 1:  # k = 1 is the exact assignment: see test_k1_is_the_assignment
+            # the row gap no worse than POT's, or the relaxed semi-dual solved as tightly as
+            # SciPy's L-BFGS-B with restarts (not POT's default stopping point) solves it
+            tight = _tight_semi_dual(C, a, b, gamma, k)
             assert (row_err <= pot_err * 1.05 + 1e-6
-                    or float(res.cost) >= pot_val - 1e-5 * abs(pot_val)), (k, row_err, pot_err)
+                    or float(res.cost) >= tight - 1e-5 * abs(tight)), (k, row_err, pot_err)
+        assert bool(res.converged) == (float(res.error) <= 1e-9)
+        assert int(res.status) == (Status.SUCCESS if res.converged else Status.ROW_GAP)
         # weak duality against a feasible k-sparse plan: the optimal assignment (k = 1)
         r, c = linear_sum_assignment(C)
         assert float(res.cost) <= C[r, c].sum() / n + gamma / (2 * n) + 1e-12
         values.append(float(res.cost))
     # more freedom, lower value; k >= support of the quadratic plan gives quadratic OT
-    # (up to the solvers' shortfall on the nonsmooth relaxations: 0.2% at k = 1, 1e-5 at k = 2,
-    # see test_k1_is_the_assignment and the POT comparison above)
-    assert values[0] >= values[1] * (1 - 2e-3) and values[1] >= values[2] * (1 - 1e-5) - 1e-10
+    assert values[0] >= values[1] - 1e-10 >= values[2] - 2e-10
     q = otreg.quadratic_ot(C, a, b, gamma=gamma, tol=1e-10)
     k_big = int((np.asarray(q.plan()) > 0).sum(0).max()) + 1
     big = otreg.sparse_ot(C, a, b, k=k_big, gamma=gamma, tol=1e-9)
@@ -180,15 +198,11 @@ def test_k1_is_the_assignment(rng, x64):
     assert ((P > 0).sum(0) == 1).all()
     r, c = linear_sum_assignment(C)
     exact = C[r, c].sum() / n
-    # the plan's transport cost: L-BFGS on the nonsmooth k = 1 semi-dual can stop with a few
-    # rows unassigned (seen: 4.6% above the LP at n = 40), so the plan is checked loosely and
-    # the returned cost (the objective) tightly below
-    assert abs((P * C).sum() - exact) <= 0.1 * exact
-    # the k = 1 semi-dual is unregularised OT's up to gamma/2 |b|^2 (ALGORITHMS.md 4.4): weak
-    # duality exactly; L-BFGS on this nonsmooth (piecewise-linear) objective reaches the optimum
-    # in most runs and stops within 0.1% of it otherwise (measured: 8.6e-4 at worst)
-    optimum = exact + 0.05 * (b ** 2).sum()
-    assert optimum * (1 - 2e-3) <= float(res.cost) <= optimum * (1 + 1e-9)
+    # uniform square k = 1 is the assignment, solved exactly (auction + certificate)
+    assert abs((P * C).sum() - exact) <= 1e-9 * exact
+    assert bool(res.converged) and int(res.status) == Status.SUCCESS
+    # the k = 1 semi-dual is unregularised OT's up to gamma/2 |b|^2 (ALGORITHMS.md 4.4)
+    np.testing.assert_allclose(float(res.cost), exact + 0.05 * (b ** 2).sum(), rtol=1e-9)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
@@ -206,8 +220,10 @@ def test_converges_in_both_dtypes_and_blocked(rng, dtype):
         blocked = otreg.sparse_ot(otreg.PointCloud(x, y, scale_cost=scale, block_size=16), k=8,
                                   gamma=0.02, tol=tol)
         for res in (dense, blocked):
-            assert bool(res.converged) and res.cost.dtype == dtype
-            assert bool(jnp.isfinite(res.cost))
+            # k = 8 at gamma 0.02 is not tight here (a row gap of a few %): said so
+            assert res.cost.dtype == dtype and bool(jnp.isfinite(res.cost))
+            assert bool(res.converged) == (float(res.error) <= tol)
+            assert int(res.status) == (Status.SUCCESS if res.converged else Status.ROW_GAP)
         rtol = 1e-3 if dtype == jnp.float32 else 1e-6
         np.testing.assert_allclose(float(dense.cost), float(blocked.cost), rtol=rtol)
     finally:
@@ -230,10 +246,18 @@ def test_jit_vmap_and_envelope_gradient(rng, x64):
     fq = lambda C: float(otreg.quadratic_ot(C, a, b, gamma=0.1, tol=1e-12).cost)  # noqa: E731
     fdq = (fq(C + h * direction) - fq(C - h * direction)) / (2 * h)
     np.testing.assert_allclose(float(jnp.vdot(q, direction)), fdq, rtol=1e-5)
-    Cs = jnp.asarray(rng.uniform(size=(3, n, m)))
-    batched = jax.vmap(lambda C: otreg.sparse_ot(C, k=2, gamma=0.1).cost)(Cs)
-    single = [float(otreg.sparse_ot(C, k=2, gamma=0.1).cost) for C in Cs]
-    np.testing.assert_allclose(np.asarray(batched), single, rtol=1e-8)
+    # vmap equals single calls on solves that end at a certified optimum (the k = 1 auction, and
+    # smooth quadratic OT); a stalled nonsmooth relaxation (k = 2, ROW_GAP) ends where rounding
+    # sends it, which batching changes
+    for solve, shape in ((lambda C: otreg.sparse_ot(C, k=1, gamma=0.1), (3, n, n)),
+                         (lambda C: otreg.sparse_ot(C, k=n, gamma=0.1, tol=1e-8), (3, n, m))):
+        Cs = jnp.asarray(rng.uniform(size=shape))
+        batched = jax.vmap(solve)(Cs)
+        single = [solve(C) for C in Cs]
+        assert bool(jnp.all(batched.converged))
+        np.testing.assert_allclose(np.asarray(batched.cost), [float(r.cost) for r in single],
+                                   rtol=1e-8)
+        np.testing.assert_array_equal(np.asarray(batched.status), [int(r.status) for r in single])
 
 
 def test_bad_input():
