@@ -25,12 +25,15 @@ samples. Cost O(L d (n + m) + L (n + m) log(n + m)).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from otreg import _checks
 from otreg._math import safe_sqrt
-from otreg.univariate import wasserstein_1d
+from otreg.univariate import bad_weights, check_finite_samples, check_sort
+from otreg.univariate import solve as w1d_solve
 
 __all__ = ["sliced_w2", "sample_directions"]
 
@@ -98,11 +101,17 @@ def sliced_w2(
       directions: ``"gaussian"`` (uniform on the sphere) or ``"orthogonal"``.
       squared: return :math:`\widehat{SW_2^2}`; otherwise its square root (clamped at 0, with a
         zero gradient at 0, so ``x == y`` gives a finite gradient).
-      sort: ``"auto"`` (host NumPy sort on CPU, XLA elsewhere), ``"host"`` or ``"xla"``.
+      sort: ``"auto"`` or ``"xla"``: an in-graph integer-key sort on every backend, no host
+        callback (see :func:`otreg.wasserstein_1d`).
 
     Returns:
-      A scalar in the points' dtype. Differentiable in x, y, a, b (through the sort
-      permutation, the control variate and its coefficient).
+      A scalar in the points' dtype. Differentiable in x, y, a, b, in forward and reverse mode
+      (through the sorted values, the quantile breakpoints, the control variate and its
+      coefficient).
+
+    Raises:
+      ValueError: on concrete inputs with NaN/inf points or bad weights. Under ``jit`` those
+        give NaN (never a finite wrong value).
     """
     fn = "sliced_w2"
     uniform = a is None and b is None
@@ -119,20 +128,31 @@ def sliced_w2(
     n_projections = _checks.check_positive_int(n_projections, "n_projections", fn)
     _checks.check_option(control_variate, "control_variate", ("upper", "lower", None), fn)
     _checks.check_option(directions, "directions", ("gaussian", "orthogonal"), fn)
-    _checks.check_option(sort, "sort", ("auto", "host", "xla"), fn)
+    check_sort(sort, fn)
     if not isinstance(squared, bool):
         raise TypeError(f"{fn}: `squared` must be True or False, got {squared!r}.")
+    check_finite_samples(x, "x", fn)
+    check_finite_samples(y, "y", fn)
     if key is None:
         key = jax.random.PRNGKey(_DEFAULT_KEY_SEED)
+    return _sliced(x, y, a, b, key, n_projections, control_variate, directions, squared,
+                   uniform).astype(in_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
+def _sliced(x, y, a, b, key, n_projections, control_variate, directions, squared, uniform):
+    """The validated estimate as one compiled program (inlined under an outer ``jit``)."""
+    n, d = x.shape
+    bad = bad_weights(a) | bad_weights(b)  # under jit: NaN out, never a finite wrong value
     a, b = a / jnp.sum(a), b / jnp.sum(b)
-    theta = sample_directions(key, n_projections, d, directions, dtype)
+    theta = sample_directions(key, n_projections, d, directions, x.dtype)
     xp = jnp.matmul(x, theta.T, precision=_HIGHEST)  # (n, L)
     yp = jnp.matmul(y, theta.T, precision=_HIGHEST)
-    if uniform and n == m:  # sort both and pair in order
-        w = wasserstein_1d(xp.T, yp.T, p=2, sort=sort)
+    if uniform and n == y.shape[0]:  # sort both and pair in order
+        w = w1d_solve(xp.T, yp.T, None, None, 2.0)
     else:
-        w = wasserstein_1d(xp.T, yp.T, jnp.broadcast_to(a, xp.T.shape),
-                           jnp.broadcast_to(b, yp.T.shape), p=2, sort=sort)
+        w = w1d_solve(xp.T, yp.T, jnp.broadcast_to(a, xp.T.shape),
+                      jnp.broadcast_to(b, yp.T.shape), 2.0)
     est = jnp.mean(w)
     if control_variate is not None:
         c, expect = _control_variate(control_variate, xp, yp, a, b, x, y)
@@ -143,4 +163,4 @@ def sliced_w2(
         gamma = jnp.clip(gamma, 0.0, GAMMA_MAX)
         est = est - gamma * (jnp.mean(c) - expect)
     out = est if squared else safe_sqrt(est)
-    return out.astype(in_dtype)
+    return jnp.where(bad, jnp.nan, out)

@@ -1,19 +1,23 @@
 r"""Exact optimal transport on the line.
 
 .. math::
-    W_p^p(\mu, \nu) = \int_0^1 |F_\mu^{-1}(t) - F_\nu^{-1}(t)|^p \, dt
+    W_p^p(\mu, \nu) = \int_0^1 |F_\mu^{-1}(t) - F_\nu^{-1}(t)|^p \, dt, \qquad p \ge 1,
 
 For equal sizes and uniform weights this is ``mean(|sort(u) - sort(v)|^p)``; in general the two
 quantile functions are step functions whose merged breakpoints are the cumulative weights of both
-samples (POT's ``wasserstein_1d`` computes the same). Differentiable with the matching held fixed:
-the gradient flows through a gather by the sorting permutation, so ties are harmless (no NaN).
+samples (POT's ``wasserstein_1d`` computes the same). Pairing in sorted order is optimal for
+convex costs only, so ``p < 1`` is refused.
 
-Sorting: XLA's CPU sort is about 12x slower than NumPy's (REFERENCE.md), so on the CPU backend
-the permutation comes from ``np.argsort`` on the host through ``jax.pure_callback`` (integers: no
-gradient is needed through the callback itself); other backends use ``jnp.argsort``.
+Sorting is :mod:`otreg._sort`'s integer-key sort, in the graph on every backend: no host
+callback by default (those can deadlock under asynchronous CPU dispatch), the same derivatives
+on CPU, GPU and TPU, forward and reverse mode, exportable. Gradients flow to the points through
+the sorted values (tie blocks averaged, so ties give no NaN) and to the weights through the
+merged breakpoints (the cumulative weights).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,87 +25,52 @@ import numpy as np
 
 from otreg import _checks
 from otreg._math import safe_pow
+from otreg._sort import block_scatter, search_left, sort_values, to_key
 
-__all__ = ["wasserstein_1d", "argsort", "sort_values"]
+__all__ = ["wasserstein_1d", "sort_values"]
 
-
-def _host_argsort(x):
-    return np.argsort(np.asarray(x), axis=-1, kind="quicksort").astype(np.int32)
-
-
-def argsort(x: jax.Array, sort: str = "auto") -> jax.Array:
-    """Permutation sorting ``x`` along its last axis. ``sort``: ``"auto"`` (host NumPy on the CPU
-    backend, XLA elsewhere), ``"host"`` or ``"xla"``."""
-    if sort == "auto":
-        sort = "host" if jax.default_backend() == "cpu" else "xla"
-    if sort == "xla":
-        return jnp.argsort(x, axis=-1).astype(jnp.int32)
-    out = jax.ShapeDtypeStruct(x.shape, jnp.int32)
-    return jax.pure_callback(_host_argsort, out, jax.lax.stop_gradient(x),
-                             vmap_method="expand_dims")
+SORTS = ("auto", "xla")
 
 
-def _host_sort(x):
-    return np.sort(np.asarray(x), axis=-1, kind="quicksort")
+def check_sort(sort: str, fn: str) -> None:
+    """``sort`` is ``"auto"`` or ``"xla"`` (the same in-graph sort); ``"host"`` was removed."""
+    if sort == "host":
+        raise ValueError(f"{fn}: `sort='host'` was removed: a host-callback sort can deadlock "
+                         f"under JAX's asynchronous CPU dispatch on one core and aborts with "
+                         f"several CPU devices (jax issue #25861). Use the default "
+                         f"sort='auto' (an in-graph integer-key sort on every backend).")
+    _checks.check_option(sort, "sort", SORTS, fn)
 
 
-def _host_unsort(x, ct):
-    """Cotangent of ``sort(x)`` scattered back through the sorting permutation (on the host)."""
-    x, ct = np.asarray(x), np.asarray(ct)
-    out = np.empty_like(ct)
-    np.put_along_axis(out, np.argsort(x, axis=-1, kind="quicksort"), ct, axis=-1)
-    return out
-
-
-@jax.custom_vjp
-def _host_sorted(x):
-    """``sort(x)`` on the host (``np.sort``: no permutation in the forward pass); the backward
-    pass computes the permutation and scatters the cotangent through it."""
-    return jax.pure_callback(_host_sort, jax.ShapeDtypeStruct(x.shape, x.dtype), x,
-                             vmap_method="expand_dims")
-
-
-def _host_sorted_fwd(x):
-    return _host_sorted(x), x
-
-
-def _host_sorted_bwd(x, ct):
-    return (jax.pure_callback(_host_unsort, jax.ShapeDtypeStruct(x.shape, x.dtype), x, ct,
-                              vmap_method="expand_dims"),)
-
-
-_host_sorted.defvjp(_host_sorted_fwd, _host_sorted_bwd)
-
-
-def sort_values(x: jax.Array, sort: str = "auto") -> jax.Array:
-    """``x`` sorted along its last axis, differentiable (cotangents follow the permutation)."""
-    if sort == "auto":
-        sort = "host" if jax.default_backend() == "cpu" else "xla"
-    return _host_sorted(x) if sort == "host" else jnp.sort(x, axis=-1)
-
-
-def _sorted(x, sort):
-    perm = argsort(x, sort)
-    return jnp.take_along_axis(x, perm, axis=-1), perm
-
-
-def _quantile_w(u, v, uw, vw, p, sort):
+def _quantile_w(u, v, uw, vw, p):
     """General weights / sizes: integrate |F^-1 - G^-1|^p over the merged breakpoints."""
-    us, pu = _sorted(u, sort)
-    vs, pv = _sorted(v, sort)
-    cu = jnp.cumsum(jnp.take_along_axis(uw, pu, axis=-1), axis=-1)
-    cv = jnp.cumsum(jnp.take_along_axis(vw, pv, axis=-1), axis=-1)
+    us, vs = sort_values(u), sort_values(v)
+    # weights in sorted order (a tie block's weight at its first position, 0 on the others)
+    wu = block_scatter(to_key(u), to_key(us), uw)
+    wv = block_scatter(to_key(v), to_key(vs), vw)
+    cu = jnp.cumsum(wu, axis=-1)
+    cv = jnp.cumsum(wv, axis=-1)
     cu = cu / cu[..., -1:]
     cv = cv / cv[..., -1:]
-    t = jax.lax.stop_gradient(_sorted(jnp.concatenate([cu, cv], axis=-1), sort)[0])
+    t = sort_values(jnp.concatenate([cu, cv], axis=-1))  # differentiable in the weights
     dt = jnp.diff(t, axis=-1, prepend=jnp.zeros_like(t[..., :1]))
-    mid = t - 0.5 * dt
-    search = jnp.vectorize(lambda c, q: jnp.searchsorted(c, q, side="left"),
-                           signature="(k),(j)->(j)")
-    iu = jnp.clip(search(jax.lax.stop_gradient(cu), mid), 0, u.shape[-1] - 1)
-    iv = jnp.clip(search(jax.lax.stop_gradient(cv), mid), 0, v.shape[-1] - 1)
+    mid = jax.lax.stop_gradient(t - 0.5 * dt)
+    cu_s, cv_s = jax.lax.stop_gradient(cu), jax.lax.stop_gradient(cv)
+    iu = jnp.clip(search_left(cu_s, mid), 0, u.shape[-1] - 1)
+    iv = jnp.clip(search_left(cv_s, mid), 0, v.shape[-1] - 1)
     du = jnp.take_along_axis(us, iu, axis=-1) - jnp.take_along_axis(vs, iv, axis=-1)
     return jnp.sum(dt * safe_pow(jnp.abs(du), p), axis=-1)
+
+
+def bad_weights(w: jax.Array) -> jax.Array:
+    """True per row where a weight vector is negative, non-finite or has no mass."""
+    return jnp.any(~jnp.isfinite(w) | (w < 0), axis=-1) | ~(jnp.sum(w, axis=-1) > 0)
+
+
+def check_finite_samples(z, name, fn):
+    """On a concrete sample, raise for NaN/inf (under jit the result is NaN instead)."""
+    if _checks.is_concrete(z) and not np.all(np.isfinite(np.asarray(z))):
+        raise ValueError(f"{fn}: `{name}` contains NaN or inf; pass finite samples.")
 
 
 def wasserstein_1d(
@@ -119,11 +88,18 @@ def wasserstein_1d(
       u, v: samples ``(..., n)`` and ``(..., m)`` (same leading shape).
       u_weights, v_weights: non-negative weights of the same shapes (None = uniform); each is
         normalised to sum to 1.
-      p: exponent, ``p > 0``. Returns :math:`W_p^p` (like POT's ``ot.wasserstein_1d``).
-      sort: ``"auto"``, ``"host"`` or ``"xla"`` (see the module doc).
+      p: exponent, ``p >= 1`` (sorting is not optimal for ``p < 1``). Returns
+        :math:`W_p^p` (like POT's ``ot.wasserstein_1d``).
+      sort: ``"auto"`` or ``"xla"``: both the in-graph integer-key sort of
+        :mod:`otreg._sort` (``"host"``, a NumPy callback, was removed: it could hang or abort).
 
     Returns:
-      ``(...)`` array. Cost O((n + m) log(n + m)) per problem.
+      ``(...)`` array in the samples' dtype. Cost O((n + m) log(n + m)) per problem.
+      Differentiable (forward and reverse mode) in the samples and the weights.
+
+    Raises:
+      ValueError: on concrete inputs with NaN/inf samples, negative, non-finite or zero-mass
+        weights. Under ``jit`` such a problem returns NaN instead (never a finite wrong value).
     """
     fn = "wasserstein_1d"
     u = _checks.float_array(u, "u", None, fn)
@@ -133,20 +109,41 @@ def wasserstein_1d(
                          f"leading shape; got {u.shape} and {v.shape}.")
     if u.shape[-1] == 0 or v.shape[-1] == 0:
         raise ValueError(f"{fn}: empty sample (u: {u.shape}, v: {v.shape}).")
-    _checks.check_option(sort, "sort", ("auto", "host", "xla"), fn)
-    if not isinstance(p, (int, float)) or not p > 0:
-        raise ValueError(f"{fn}: `p` must be a positive number, got {p!r}.")
+    check_sort(sort, fn)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1 <= p < float("inf"):
+        raise ValueError(f"{fn}: `p` must be a finite number >= 1, got {p!r}; for p < 1 the "
+                         f"sorted (monotone) coupling is not optimal and this formula is wrong.")
+    in_dtype = jnp.result_type(u, v)
     dtype = _checks.compute_dtype(u, v)
     u, v = u.astype(dtype), v.astype(dtype)
+    check_finite_samples(u, "u", fn)
+    check_finite_samples(v, "v", fn)
+    ws = []
     for name, w, z in (("u_weights", u_weights, u), ("v_weights", v_weights, v)):
         if w is not None:
             w = _checks.float_array(w, name, None, fn)
             if w.shape != z.shape:
                 raise ValueError(f"{fn}: `{name}` must have shape {z.shape}, got {w.shape}.")
             _checks.check_weight_vector(w, name, fn)
-    if u_weights is None and v_weights is None and u.shape[-1] == v.shape[-1]:
-        diff = sort_values(u, sort) - sort_values(v, sort)
-        return jnp.mean(diff * diff if p == 2 else safe_pow(jnp.abs(diff), p), axis=-1)
-    uw = jnp.ones_like(u) if u_weights is None else jnp.asarray(u_weights, dtype)
-    vw = jnp.ones_like(v) if v_weights is None else jnp.asarray(v_weights, dtype)
-    return _quantile_w(u, v, uw, vw, float(p), sort)
+            w = w.astype(dtype)
+        ws.append(w)
+    return solve(u, v, ws[0], ws[1], float(p)).astype(in_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def solve(u, v, uw, vw, p):
+    """The validated problem, compiled as one program (an eager call compiles once, not op by
+    op); inlined under an outer ``jit``."""
+    bad = jnp.any(~jnp.isfinite(u), axis=-1) | jnp.any(~jnp.isfinite(v), axis=-1)
+    if uw is None and vw is None and u.shape[-1] == v.shape[-1]:
+        diff = sort_values(u) - sort_values(v)
+        out = jnp.mean(diff * diff if p == 2 else safe_pow(jnp.abs(diff), p), axis=-1)
+    else:
+        uw = jnp.ones_like(u) if uw is None else uw
+        vw = jnp.ones_like(v) if vw is None else vw
+        bad = bad | bad_weights(uw) | bad_weights(vw)
+        # bad weights: solve a finite stand-in, then report NaN
+        uw = jnp.where(bad_weights(uw)[..., None], 1.0, jnp.where(jnp.isfinite(uw), uw, 0.0))
+        vw = jnp.where(bad_weights(vw)[..., None], 1.0, jnp.where(jnp.isfinite(vw), vw, 0.0))
+        out = _quantile_w(u, v, jnp.maximum(uw, 0.0), jnp.maximum(vw, 0.0), p)
+    return jnp.where(bad, jnp.nan, out)

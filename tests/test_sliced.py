@@ -13,7 +13,7 @@ import otreg
 from otreg.sliced import sample_directions
 
 
-@pytest.mark.parametrize("sort", ["host", "xla"])
+@pytest.mark.parametrize("sort", ["auto", "xla"])
 def test_wasserstein_1d_vs_pot_and_scipy(rng, x64, sort):
     u, v = rng.standard_normal(37), rng.standard_normal(53) * 2 + 1
     uw, vw = rng.uniform(0, 1, 37), rng.uniform(0, 1, 53)
@@ -46,9 +46,11 @@ def test_wasserstein_1d_batched_grad_ties(rng, x64):
     h = 1e-6
     np.testing.assert_allclose(jnp.vdot(jax.grad(f)(u), du), (f(u + h * du) - f(u - h * du)) /
                                (2 * h), rtol=1e-6)
-    gh = jax.grad(lambda u: otreg.wasserstein_1d(u, v, sort="host").sum())(u)
-    gx = jax.grad(lambda u: otreg.wasserstein_1d(u, v, sort="xla").sum())(u)
-    np.testing.assert_allclose(gh, gx, atol=1e-12)
+    # the exact gradient: 2/n (u_i - v matched by rank), distinct values
+    un, vn = np.asarray(u), np.asarray(v)
+    ranks = np.argsort(np.argsort(un, axis=1), axis=1)
+    ref = 2 / 20 * (un - np.take_along_axis(np.sort(vn, axis=1), ranks, axis=1))
+    np.testing.assert_allclose(jax.grad(f)(u), ref, atol=1e-12)
 
 
 def test_sliced_equals_pot_with_same_directions(rng, x64):
@@ -146,3 +148,89 @@ def test_control_variate_stable_with_two_directions(rng):
                                                               control_variate=cv, squared=True)))
         var[cv] = float(np.var(np.asarray(f(keys), np.float64)))
     assert var["lower"] < 2.0 * var[None] and var["upper"] < 2.0 * var[None]
+
+
+def test_wasserstein_1d_weight_gradient_is_exact(rng, x64):
+    """The gradient in the weights flows through the quantile breakpoints (it was always 0)."""
+    n, m = 11, 16
+    u, v = rng.standard_normal(n), rng.standard_normal(m) * 1.5 + 0.3
+    uw, vw = rng.uniform(0.1, 1, n), rng.uniform(0.1, 1, m)
+    for p in (1.0, 2.0, 3.0):
+        f = lambda uw, vw, p=p: otreg.wasserstein_1d(u, v, uw, vw, p=p)  # noqa: E731
+        gu, gv = jax.grad(f, (0, 1))(uw, vw)
+        h = 1e-6
+        for _ in range(3):
+            du, dv = rng.standard_normal(n), rng.standard_normal(m)
+            du -= du.mean()  # a zero-sum direction, as in POT's emd_1d_dual_backprop test
+            fd = (f(uw + h * du, vw + h * dv) - f(uw - h * du, vw - h * dv)) / (2 * h)
+            np.testing.assert_allclose(gu @ du + gv @ dv, fd, rtol=1e-6, atol=1e-10)
+            # forward mode agrees with reverse mode
+            np.testing.assert_allclose(jax.jvp(f, (uw, vw), (du, dv))[1], gu @ du + gv @ dv,
+                                       rtol=1e-10)
+        assert float(jnp.abs(gu).max()) > 0
+    # and through sliced_w2 with weights and no control variate
+    x, y = rng.standard_normal((20, 3)), rng.standard_normal((25, 3)) + 1
+    a = rng.uniform(0.1, 1, 20)
+    key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
+    g = lambda a: otreg.sliced_w2(x, y, a, key=key, control_variate=None)  # noqa: E731
+    da = rng.standard_normal(20)
+    fd = (g(a + 1e-6 * da) - g(a - 1e-6 * da)) / 2e-6
+    np.testing.assert_allclose(jax.grad(g)(a) @ da, fd, rtol=1e-6)
+
+
+def test_forward_mode_hessian_and_ties(rng, x64):
+    """jvp/jacfwd/hessian work (the same on every backend) and match the exact Hessian."""
+    n = 12
+    u, v = jnp.asarray(rng.standard_normal(n)), jnp.asarray(rng.standard_normal(n))
+    f = lambda u: otreg.wasserstein_1d(u, v)  # noqa: E731
+    np.testing.assert_allclose(jax.hessian(f)(u), 2 / n * np.eye(n), atol=1e-12)
+    np.testing.assert_allclose(jax.jacrev(jax.jacrev(f))(u), 2 / n * np.eye(n), atol=1e-12)
+    du = jnp.asarray(rng.standard_normal(n))
+    np.testing.assert_allclose(jax.jvp(f, (u,), (du,))[1], jax.grad(f)(u) @ du, rtol=1e-12)
+    # ties: the tangent of a tie block is its mean (symmetric, finite)
+    x = jnp.array([3.0, 1.0, 1.0, 2.0])
+    jac = np.asarray(jax.jacfwd(otreg.univariate.sort_values)(x))
+    np.testing.assert_allclose(jac, [[0, .5, .5, 0], [0, .5, .5, 0], [0, 0, 0, 1], [1, 0, 0, 0]])
+    np.testing.assert_allclose(jax.jacrev(otreg.univariate.sort_values)(x), jac)
+    x = jnp.asarray(rng.standard_normal((30, 3)))
+    y = jnp.asarray(rng.standard_normal((30, 3)))
+    hs = jax.hessian(lambda x: otreg.sliced_w2(x, y, key=jax.random.PRNGKey(1),
+                                               squared=True, control_variate=None))(x)
+    assert hs.shape == (30, 3, 30, 3) and bool(jnp.all(jnp.isfinite(hs)))
+
+
+def test_export_for_cpu_and_cuda():
+    """No host callback: sliced_w2 and wasserstein_1d serialise, also for another platform."""
+    x = jnp.ones((64, 3), jnp.float32)
+    for fun in (lambda x: otreg.sliced_w2(x, x + 1.0),
+                jax.grad(lambda x: otreg.sliced_w2(x, x[::-1] * 2.0)),
+                lambda x: otreg.wasserstein_1d(x[:, 0], x[:40, 1], x[:, 2], None)):
+        exp = jax.export.export(jax.jit(fun), platforms=("cpu", "cuda"))(x)
+        blob = exp.serialize()
+        back = jax.export.deserialize(blob)
+        np.testing.assert_allclose(back.call(x), jax.jit(fun)(x), rtol=1e-6)
+
+
+def test_bad_values_raise_or_give_nan(rng):
+    u, v = rng.standard_normal(10), rng.standard_normal(7)
+    bad = u.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="`u` contains NaN"):
+        otreg.wasserstein_1d(bad, v)
+    # under jit: NaN, never a finite value (the NaN point is not on a sampled breakpoint)
+    assert np.isnan(jax.jit(otreg.wasserstein_1d)(bad, v))
+    assert np.isnan(jax.jit(otreg.wasserstein_1d)(u, v, -np.ones(10), None))
+    with pytest.raises(ValueError, match="p"):
+        otreg.wasserstein_1d(u, v, p=0.5)  # sorting is not optimal for p < 1: 0.707 != 1.0
+    with pytest.raises(ValueError, match="host"):
+        otreg.wasserstein_1d(u, v, sort="host")
+    x, y = rng.standard_normal((20, 3)), rng.standard_normal((20, 3))
+    a = rng.uniform(0.1, 1, 20)
+    sw = jax.jit(lambda x, a: otreg.sliced_w2(x, y, a))
+    assert np.isnan(sw(x, -a))  # negative weights: NaN, not the value of -a / sum(-a)
+    assert np.isfinite(sw(x, a))
+    xn = x.copy()
+    xn[0, 0] = np.nan
+    assert np.isnan(sw(xn, a))
+    with pytest.raises(ValueError, match="`x` contains NaN"):
+        otreg.sliced_w2(xn, y)
