@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from otreg._math import safe_log, tiny_exponent
 from otreg.status import Status
@@ -93,20 +94,38 @@ def _row_lse(pb: Problem, g, eps):
     return pb.geom.lse(g / eps + safe_log(pb.b), eps, axis=1)
 
 
-def block_length(pb: Problem, stage, check_every):
-    """Sweeps in the next block: ``check_every`` at the target epsilon, 1 in earlier stages."""
-    return jnp.where(stage >= pb.n_stages, check_every, 1)
+def host_progress(progress):
+    """The host function behind ``progress=``: it receives ``(it, err, eps, accepted)`` and calls
+    the user's ``progress(it, err, eps)`` with NumPy scalars (``int``, ``float``, ``float``) only
+    for accepted blocks. It never calls back into JAX: it only reads the host buffers it was
+    given, so a user callable that stays in NumPy/Python cannot wait on the JAX runtime."""
+    def report(it, err, eps, accepted):
+        if bool(np.asarray(accepted)):
+            progress(np.asarray(it).item(), np.asarray(err).item(), np.asarray(eps).item())
+    return report
 
 
-def _record(state: LoopState, pb: Problem, f, g, ratio, err, n, check_every, progress, eps):
+def report(progress, it, err, eps, accepted=True):
+    """Progress report of one block (a host callback; only when ``progress`` is set: the
+    default path has none). A discarded block (``accepted`` False) is not shown to the user."""
+    if progress is not None:
+        jax.debug.callback(host_progress(progress), it, err, eps, accepted)
+
+
+def block_length(pb: Problem, stage, check_every, it, max_iter):
+    """Sweeps in the next block: ``check_every`` at the target epsilon, 1 in earlier stages,
+    never past ``max_iter`` sweeps in all (a hard bound)."""
+    n = jnp.where(stage >= pb.n_stages, check_every, 1)
+    return jnp.maximum(jnp.minimum(n, max_iter - it), 0)
+
+
+def _record(state: LoopState, pb: Problem, f, g, ratio, err, n, check_every):
     """Book-keeping after a completed block of n sweeps: history, stage change, stopping."""
     it = state.it + n
     errors = state.errors.at[(it + check_every - 1) // check_every - 1].set(err, mode="drop")
     final = state.stage >= pb.n_stages
-    stage_tol = jnp.where(final, pb.tol, jnp.maximum(pb.tol, STAGE_TOL))
+    stage_tol = jnp.where(final, pb.tol, STAGE_TOL)
     ok = err <= stage_tol
-    if progress is not None:
-        jax.debug.callback(progress, it, err, eps)
     return state._replace(f=f, g=g, ratio=ratio, it=it, err=err, errors=errors, done=final & ok,
                           stage=jnp.where(ok & ~final, state.stage + 1, state.stage))
 
@@ -129,14 +148,15 @@ def _finite(*xs):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
 
 
-def _log_body(pb: Problem, check_every, progress):
+def _log_body(pb: Problem, check_every, progress, max_iter):
     def body(s: LoopState):
         eps = stage_eps(pb, s.stage)
         R = _row_lse(pb, s.g, eps)
-        n = block_length(pb, s.stage, check_every)
+        n = block_length(pb, s.stage, check_every, s.it, max_iter)
         f, g, ratio, err = _log_sweeps(pb, s.f, s.g, R, eps, n, check_every)
         good = _finite(f, g, err)
-        new = _record(s, pb, f, g, ratio, err, n, check_every, progress, eps)
+        new = _record(s, pb, f, g, ratio, err, n, check_every)
+        report(progress, new.it, err, eps, good)
         return jax.tree_util.tree_map(lambda x, y: jnp.where(good, x, y), new,
                                       s._replace(failed=jnp.array(True)))
     return body
@@ -144,7 +164,7 @@ def _log_body(pb: Problem, check_every, progress):
 
 def log_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progress):
     """Log-domain Sinkhorn with annealing; returns the final LoopState."""
-    body = _log_body(pb, check_every, progress)
+    body = _log_body(pb, check_every, progress, max_iter)
     return jax.lax.while_loop(_cond(max_iter), body, state)
 
 
@@ -152,7 +172,7 @@ def unrolled_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progr
     """:func:`log_loop` as a ``lax.scan`` (reverse-mode differentiable): one step per block,
     skipped by ``lax.cond`` once stopped, each block under ``jax.checkpoint`` so that memory is
     O(blocks * (n + m)) rather than O(iterations * n * m)."""
-    body = _log_body(pb, check_every, progress)
+    body = _log_body(pb, check_every, progress, max_iter)
     cond = _cond(max_iter)
     n_blocks = -(-max_iter // check_every) + 64  # + the one-sweep annealing stages (<= 64)
 
@@ -200,7 +220,7 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
                 return (u, v, r, jnp.minimum(rmin, jnp.min(r)), jnp.maximum(rmax, jnp.max(r)),
                         jnp.minimum(smin, jnp.min(sv)), jnp.maximum(smax, jnp.max(sv)))
 
-            n = block_length(pb, st.outer.stage, check_every)
+            n = block_length(pb, st.outer.stage, check_every, st.outer.it, max_iter)
             u, v, r, rmin, rmax, smin, smax = jax.lax.fori_loop(
                 0, n, sweep, (u, v, r, rmin, rmax, smin, smax))
             ratio = u * r
@@ -209,7 +229,8 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
                      & (smin > hard_lo) & (smax < hard_hi))
             soft = (rmin < lo) | (rmax > hi) | (smin < lo) | (smax > hi)
             o = st.outer
-            rec = _record(o, pb, o.f, o.g, ratio, err, n, check_every, progress, eps)
+            rec = _record(o, pb, o.f, o.g, ratio, err, n, check_every)
+            report(progress, rec.it, err, eps, ~hard)  # a discarded block is redone, not shown
             stage_change = rec.stage != o.stage
             ex = jnp.where(rec.done | stage_change | (rec.it >= max_iter), 1,
                            jnp.where(soft, 2, 0))
@@ -223,7 +244,7 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
         f, g = gauge(s.f + eps * jnp.log(st.u), s.g + eps * jnp.log(st.v), a, b)
         return st.outer._replace(f=f, g=g)
 
-    log_body = _log_body(pb, check_every, progress)
+    log_body = _log_body(pb, check_every, progress, max_iter)
 
     def log_block(s: LoopState):  # one log-domain block, then back to the kernel
         return log_body(s)._replace(use_log=jnp.array(False))

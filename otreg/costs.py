@@ -1,11 +1,12 @@
 """Ground costs on pairs of points: ``cost(x, y) -> C`` with ``x: (n, d)``, ``y: (m, d)``.
 
-Every cost is symmetric (``cost(y, x) == cost(x, y).T``), non-negative, finite with finite
+Every built-in cost is symmetric (``cost(y, x) == cost(x, y).T``), non-negative, finite with finite
 gradients for finite points (coincident points included), and computes its inner products at
 ``Precision.HIGHEST`` (TPU bf16 passes and TF32 silently break squared-Euclidean costs).
 
 ``get(name_or_callable)`` resolves what ``PointCloud(cost=...)`` accepts: ``"sqeuclidean"``,
-``"euclidean"``, ``"cosine"``, ``"lp:P"`` (``|x - y|_2^P``), or a callable with that signature.
+``"euclidean"``, ``"cosine"``, ``"lp:P"`` (``|x - y|_2^P``), or a callable with that signature
+(a callable need not be symmetric; :func:`transposed` gives the cost of the swapped pair).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import jax.numpy as jnp
 
 from otreg._math import safe_norm, safe_pow, safe_sqrt
 
-__all__ = ["sqeuclidean", "euclidean", "cosine", "lp", "get", "Cost"]
+__all__ = ["sqeuclidean", "euclidean", "cosine", "lp", "get", "Cost", "is_symmetric",
+           "transposed"]
 
 Cost = Callable[[jax.Array, jax.Array], jax.Array]
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -92,3 +94,36 @@ def get(cost: str | Cost) -> Cost:
                 raise ValueError(f"PointCloud: cannot parse cost={cost!r}: {err}") from None
     raise ValueError(f"PointCloud: unknown `cost`={cost!r}; choose one of {sorted(_NAMED)}, "
                      f"'lp:P' (e.g. 'lp:1.5'), or pass a callable cost(x, y) -> (n, m).")
+
+
+def is_symmetric(cost: Cost) -> bool:
+    """True for the built-in costs (``cost(y, x) == cost(x, y).T``); a user callable is not
+    assumed symmetric."""
+    return cost in _NAMED.values() or getattr(cost, "func", None) is _lp
+
+
+class _Transposed:
+    """``(y, x) -> cost(x, y).T``; hashable and equal by the wrapped cost (a static jit key)."""
+
+    def __init__(self, cost: Cost):
+        self.cost = cost
+        self.__name__ = f"transposed({getattr(cost, '__name__', repr(cost))})"
+
+    def __call__(self, y: jax.Array, x: jax.Array) -> jax.Array:
+        return self.cost(x, y).T
+
+    def __eq__(self, other):
+        return isinstance(other, _Transposed) and other.cost == self.cost
+
+    def __hash__(self):
+        return hash((_Transposed, self.cost))
+
+
+def transposed(cost: Cost) -> Cost:
+    """The cost of the swapped pair, ``c'(y, x) = c(x, y)``: the cost itself when symmetric, the
+    wrapped cost when ``cost`` is already a transposed one."""
+    if is_symmetric(cost):
+        return cost
+    if isinstance(cost, _Transposed):
+        return cost.cost
+    return _Transposed(cost)

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 
 from otreg import _checks, implicit
 from otreg._math import safe_log
+from otreg._methods import choose_solver
 from otreg.geometry import PointCloud
-from otreg.newton import choose_solver
 from otreg.sinkhorn import SinkhornResult
 from otreg.status import Status
 
@@ -86,7 +86,14 @@ def _divergence(x, y, a, b, epsilon, tol, *, cost, block_size, max_iter, sym_max
     sg = jax.lax.stop_gradient
     a, b, in_status = _checks.repair_weights(a, b)
     geom_xy = PointCloud(x, y, cost=cost, block_size=block_size)
-    eps = sg(0.05 * geom_xy.mean_cost() if epsilon is None else jnp.asarray(epsilon, x.dtype))
+    eps_default = lambda: 0.05 * sg(geom_xy.mean_cost())  # noqa: E731
+    if epsilon is None:
+        eps, bad_eps = eps_default(), jnp.array(False)
+    else:  # traced epsilon <= 0 or non-finite: the default, reported as BAD_PARAMETER
+        eps = jnp.asarray(epsilon, x.dtype)
+        bad_eps = ~(jnp.isfinite(eps) & (eps > 0))
+        eps = jnp.where(bad_eps, eps_default(), eps)
+    eps = sg(jnp.maximum(eps, jnp.finfo(x.dtype).tiny))
     values, pots, iters, errs = [], [], [], []
     for pts, w in ((x, a), (y, b)):
         live = PointCloud(pts, pts, cost=cost, block_size=block_size).materialize()
@@ -104,7 +111,8 @@ def _divergence(x, y, a, b, epsilon, tol, *, cost, block_size, max_iter, sym_max
     sym_ok = (errs[0] <= tol) & (errs[1] <= tol)
     status = jnp.where(ot_xy.status != Status.SUCCESS, ot_xy.status,
                        jnp.where(sym_ok, Status.SUCCESS, Status.MAX_ITER))
-    status = jnp.where(in_status != Status.SUCCESS, in_status, status).astype(jnp.int32)
+    status = jnp.where(in_status != Status.SUCCESS, in_status, status)
+    status = jnp.where(bad_eps, Status.BAD_PARAMETER, status).astype(jnp.int32)
     aux = DivergenceAux(ot_xy=ot_xy, p=pots[0], q=pots[1], ot_xx=values[0], ot_yy=values[1],
                         converged=ot_xy.converged & sym_ok,
                         n_iters=jnp.stack([ot_xy.n_iters, iters[0], iters[1]]), status=status)

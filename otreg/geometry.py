@@ -17,7 +17,9 @@ factorisation, a GPU kernel) is one class:
 ``PointCloud(..., block_size=B)`` never builds more than a ``B x m`` (or ``B x n``) block: every
 reduction is a ``lax.map`` over row blocks (the remainder padded and discarded), with the block
 function under ``jax.checkpoint`` so that reverse-mode differentiation stores no n x m residual
-either. All costs are symmetric, so a column reduction is the row reduction of the swapped cloud.
+either. Column reductions of a blocked cloud run over blocks of ``y``: the built-in costs are
+symmetric (the block is ``cost(y_blk, x)``), a user callable is evaluated as ``cost(x, y_blk).T``,
+so a cost that is not symmetric gives the same plan blocked as dense.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class _Geometry:
 
     def apply_plan(self, f, g, a, b, eps, v, axis=1):
         P = self.plan(f, g, a, b, eps)
-        return P @ v if axis == 1 else P.T @ v
+        return jnp.matmul(P if axis == 1 else P.T, v, precision=jax.lax.Precision.HIGHEST)
 
     def max_cost(self):
         return jnp.max(self.cost_matrix)
@@ -175,7 +177,8 @@ class PointCloud(_Geometry):
     Args:
       x, y: the points.
       cost: ``"sqeuclidean"`` (default), ``"euclidean"``, ``"cosine"``, ``"lp:P"`` or a callable
-        ``cost(x, y) -> (n, m)`` (symmetric); see :mod:`otreg.costs`.
+        ``cost(x, y) -> (n, m)`` (need not be symmetric: C is always ``cost(x, y)``); see
+        :mod:`otreg.costs`.
       block_size: ``None`` materialises C once per solve (fastest while n x m fits);
         an int B evaluates C in ``B x m`` blocks inside every reduction, so memory is O((n + m) B)
         and no n x m buffer ever exists.
@@ -236,8 +239,9 @@ class PointCloud(_Geometry):
         return self.cost_fn(x, y) / self.scale
 
     def transpose(self) -> PointCloud:
-        """The cloud with x and y swapped (costs are symmetric, so its C is C^T; no copy)."""
-        return PointCloud.tree_unflatten((self.cost_fn, self.block_size),
+        """The cloud with x and y swapped whose cost matrix is C^T (no copy): a symmetric cost is
+        kept, any other is wrapped as ``(y, x) -> cost(x, y).T``."""
+        return PointCloud.tree_unflatten((costs_lib.transposed(self.cost_fn), self.block_size),
                                          (self.y, self.x, self.scale))
 
     @property
@@ -247,16 +251,21 @@ class PointCloud(_Geometry):
 
     # -- blocked reductions -----------------------------------------------------------------------
     def _sides(self, axis):
-        """(points reduced over rows of the output, the other side) for a reduction."""
-        return (self.x, self.y) if axis == 1 else (self.y, self.x)
+        """(points whose blocks index the output, block cost function) for a reduction: row
+        reductions see ``C[blk, :]``, column reductions ``C[:, blk].T``."""
+        if axis == 1:
+            return self.x, lambda xb: self._cost(xb, self.y)
+        if costs_lib.is_symmetric(self.cost_fn):
+            return self.y, lambda yb: self._cost(yb, self.x)
+        return self.y, lambda yb: self._cost(self.x, yb).T
 
     def lse(self, h, eps, axis, weights=None):
         if not self.is_blocked:
             return super().lse(h, eps, axis, weights)
-        rows, other = self._sides(axis)
+        rows, cost_block = self._sides(axis)
 
         def block(xb):
-            z = h[None, :] - self._cost(xb, other) / eps
+            z = h[None, :] - cost_block(xb) / eps
             return logsumexp(z, axis=1, weights=None if weights is None else weights[None, :])
 
         return _map_row_blocks(block, self.block_size, rows)
@@ -264,11 +273,12 @@ class PointCloud(_Geometry):
     def apply_plan(self, f, g, a, b, eps, v, axis=1):
         if not self.is_blocked:
             return super().apply_plan(f, g, a, b, eps, v, axis)
-        rows, other = self._sides(axis)
+        rows, cost_block = self._sides(axis)
         fr, fo, wr, wo = (f, g, a, b) if axis == 1 else (g, f, b, a)
 
         def block(xb, frb, wrb):
-            return _plan_block(frb, fo, wrb, wo, self._cost(xb, other), eps) @ v
+            return jnp.matmul(_plan_block(frb, fo, wrb, wo, cost_block(xb), eps), v,
+                              precision=jax.lax.Precision.HIGHEST)
 
         return _map_row_blocks(block, self.block_size, rows, fr, wr)
 

@@ -22,22 +22,48 @@ gradient (Jacobi preconditioned). The cotangent is first projected onto
 built from P or for gauge-fixed potentials), so CG started at 0 stays orthogonal to the kernel.
 Atoms of zero weight carry no constraint: their rows/columns are masked and get zero gradient.
 
-Memory: O(n + m) beyond the geometry (P is materialised once in the backward pass for dense
-geometries, never for blocked ones), independent of the number of Sinkhorn iterations.
-Reference: Luise et al. 2018; Eisenberger et al. 2022; the same system as Newton steps on the dual.
+The rule is a ``custom_jvp`` (the tangent :math:`\dot z = \varepsilon H^{+}\,\partial_\theta F
+\dot\theta`, solved through ``lax.custom_linear_solve``), so forward mode (``jax.jvp``,
+``jacfwd``, ``hessian``) and reverse mode (its transpose: the solve above) both work, to any
+order: inside the rule the potentials are themselves implicit, so differentiating a derivative
+differentiates through the optimum. :func:`envelope_value` (the solver's ``cost``) has a
+``custom_jvp`` of the same kind: its first derivative is the envelope (Danskin) formula, and the
+potentials in that formula are implicit, so Hessians and Hessian-vector products of ``cost`` are
+exact at convergence (not those of a function with frozen potentials).
+
+CG convergence: the backward solve stops at ``cg_tol`` (relative residual of the Schur system)
+or after ``cg_max_iter`` products, whichever comes first; its result is finite in every case
+(never NaN). Inside a traced gradient there is no channel to report a capped solve without a
+host callback, so the report is a separate, documented diagnostic: :func:`backward_check` runs
+the same solve for a result and a cotangent and returns the residual reached, the products
+used and whether ``cg_tol`` was met.
+
+Memory: O(n + m) beyond the geometry for blocked geometries (P is never materialised); dense
+geometries hold P between the forward and the backward pass. Independent of the number of
+Sinkhorn iterations. Reference: Luise et al. 2018; Eisenberger et al. 2022; the same system as
+Newton steps on the dual.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from otreg._math import cg
 from otreg.geometry import CostMatrix
 
 __all__ = ["implicit_potentials", "marginal_residual", "solve_hessian", "dual_value",
-           "envelope_value"]
+           "envelope_value", "backward_check", "BackwardCheck", "default_cg_tol"]
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def default_cg_tol(dtype) -> float:
+    """Relative CG tolerance of the implicit solve: 1e-8 in float64, 1e-5 otherwise."""
+    return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-5
 
 
 def marginal_residual(geom, a, b, eps, f, g):
@@ -49,102 +75,179 @@ def marginal_residual(geom, a, b, eps, f, g):
 
 
 def _plan_operators(geom, a, b, eps, f, g):
-    """(v -> P v, u -> P^T u); dense geometries materialise P once."""
+    """(v -> P v, u -> P^T u, P 1, P^T 1); dense geometries materialise P once."""
     if getattr(geom, "is_blocked", False):
         def pv(v):
             return geom.apply_plan(f, g, a, b, eps, v[:, None], 1)[:, 0]
 
         def ptu(u):
             return geom.apply_plan(f, g, a, b, eps, u[:, None], 0)[:, 0]
-        return pv, ptu
+        r = a * jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
+        c = b * jnp.exp(g / eps + geom.lse(f / eps, eps, 0, a))
+        return pv, ptu, r, c
     P = geom.plan(f, g, a, b, eps)
-    return (lambda v: P @ v), (lambda u: u @ P)
+    return ((lambda v: jnp.matmul(P, v, precision=_HIGHEST)),
+            (lambda u: jnp.matmul(u, P, precision=_HIGHEST)), jnp.sum(P, 1), jnp.sum(P, 0))
+
+
+class _System(NamedTuple):
+    matvec: object  # (w_f, w_g) -> H (w_f, w_g)
+    solve: object  # (rf, rg) -> ((w_f, w_g), relative Schur residual, CG products)
+
+
+def _system(geom, a, b, eps, f, g, tol, max_iter) -> _System:
+    """The dual Hessian H at (f, g) and its Schur-complement CG solve (see module doc)."""
+    pv, ptu, r, c = _plan_operators(geom, a, b, eps, f, g)
+    row_on, col_on = r > 0, c > 0
+    inv_r = jnp.where(row_on, 1.0 / jnp.where(row_on, r, 1.0), 0.0)
+    inv_c = jnp.where(col_on, 1.0 / jnp.where(col_on, c, 1.0), 0.0)
+    n_on = jnp.sum(row_on) + jnp.sum(col_on)
+
+    def matvec(w):
+        wf, wg = w
+        return (jnp.where(row_on, r * wf + pv(wg), wf), jnp.where(col_on, ptu(wf) + c * wg, wg))
+
+    def solve(rhs):
+        rf, rg = (jnp.where(on, z, 0.0) for on, z in zip((row_on, col_on), rhs, strict=True))
+        t = (jnp.sum(rf) - jnp.sum(rg)) / n_on  # project onto 1^T r_f = 1^T r_g
+        rf, rg = jnp.where(row_on, rf - t, 0.0), jnp.where(col_on, rg + t, 0.0)
+        schur = lambda v: c * v - ptu(inv_r * pv(v))  # noqa: E731
+        rhs_s = rg - ptu(rf * inv_r)
+        wg, k = cg(schur, rhs_s, lambda v: inv_c * v, rtol=tol, max_iter=max_iter)
+        wg = jnp.where(col_on & jnp.isfinite(wg), wg, 0.0)
+        wf = jnp.where(row_on, (rf - pv(wg)) * inv_r, 0.0)
+        wf = jnp.where(jnp.isfinite(wf), wf, 0.0)
+        res = rhs_s - schur(wg)
+        norm = jnp.sqrt(jnp.sum(rhs_s * rhs_s))
+        rel = jnp.sqrt(jnp.sum(res * res)) / jnp.where(norm > 0, norm, 1.0)
+        return (wf, wg), rel, k
+
+    return _System(matvec, solve)
 
 
 def solve_hessian(geom, a, b, eps, f, g, rf, rg, *, tol, max_iter):
     """Solve ``H (w_f, w_g) = (r_f, r_g)`` for the dual Hessian at (f, g); rhs must satisfy
-    ``sum(r_f) == sum(r_g)`` (projected here). Returns ``(w_f, w_g)``, zero on zero-weight atoms."""
-    pv, ptu = _plan_operators(geom, a, b, eps, f, g)
-    r = a * jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
-    c = b * jnp.exp(g / eps + geom.lse(f / eps, eps, 0, a))
-    row_on, col_on = r > 0, c > 0
-    inv_r = jnp.where(row_on, 1.0 / jnp.where(row_on, r, 1.0), 0.0)
-    inv_c = jnp.where(col_on, 1.0 / jnp.where(col_on, c, 1.0), 0.0)
-    rf, rg = jnp.where(row_on, rf, 0.0), jnp.where(col_on, rg, 0.0)
-    t = (jnp.sum(rf) - jnp.sum(rg)) / (jnp.sum(row_on) + jnp.sum(col_on))
-    rf, rg = jnp.where(row_on, rf - t, 0.0), jnp.where(col_on, rg + t, 0.0)
-
-    def schur(v):
-        return c * v - ptu(inv_r * pv(v))
-
-    rhs = rg - ptu(rf * inv_r)
-    wg, _ = jax.scipy.sparse.linalg.cg(schur, rhs, tol=tol, maxiter=max_iter,
-                                       M=lambda v: inv_c * v)
-    wg = jnp.where(col_on, wg, 0.0)
-    return (rf - pv(wg)) * inv_r, wg
+    ``sum(r_f) == sum(r_g)`` (projected here). Returns ``(w_f, w_g)``, zero on zero-weight atoms,
+    finite in every case."""
+    (wf, wg), _, _ = _system(geom, a, b, eps, f, g, tol, max_iter).solve((rf, rg))
+    return wf, wg
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _linear_solve(system: _System, rhs):
+    """``H^+ rhs`` as a ``custom_linear_solve`` (transposable: H is symmetric; differentiable
+    in what H depends on)."""
+    return jax.lax.custom_linear_solve(system.matvec, rhs,
+                                       lambda _, r: system.solve(r)[0], symmetric=True)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(6, 7))
 def implicit_potentials(geom, a, b, eps, f, g, cg_tol, cg_max_iter):
-    """Identity on solved potentials ``(f, g)`` whose VJP is the implicit one (see module doc).
-
-    ``eps`` gets no gradient here (the value ``cost`` carries the epsilon derivative)."""
+    """Identity on solved potentials ``(f, g)`` whose derivatives are the implicit ones (see
+    module doc), in C (or x, y), a, b and epsilon; forward and reverse mode, any order."""
     return f, g
 
 
-def _fwd(geom, a, b, eps, f, g, cg_tol, cg_max_iter):
-    return (f, g), (geom, a, b, eps, f, g)
-
-
-def _bwd(cg_tol, cg_max_iter, res, ct):
-    geom, a, b, eps, f, g = res
-    fbar, gbar = ct
-    wf, wg = solve_hessian(geom, a, b, eps, f, g, eps * fbar, eps * gbar, tol=cg_tol,
-                           max_iter=cg_max_iter)
-    _, vjp = jax.vjp(lambda geom, a, b: marginal_residual(geom, a, b, eps, f, g), geom, a, b)
-    geom_bar, a_bar, b_bar = vjp((wf, wg))
-    return geom_bar, a_bar, b_bar, jnp.zeros_like(eps), jnp.zeros_like(f), jnp.zeros_like(g)
-
-
-implicit_potentials.defvjp(_fwd, _bwd)
+@implicit_potentials.defjvp
+def _implicit_jvp(cg_tol, cg_max_iter, primals, tangents):
+    geom, a, b, eps, f, g = primals
+    dgeom, da, db, deps, _, _ = tangents
+    # the potentials in the rule are implicit too: a derivative of this tangent (second order)
+    # then moves them with theta (this call is the identity when nothing outer differentiates)
+    fi, gi = implicit_potentials(geom, a, b, eps, f, g, cg_tol, cg_max_iter)
+    _, dF = jax.jvp(lambda geom, a, b, eps: marginal_residual(geom, a, b, eps, fi, gi),
+                    (geom, a, b, eps), (dgeom, da, db, deps))
+    system = _system(geom, a, b, eps, fi, gi, cg_tol, cg_max_iter)
+    df, dg = _linear_solve(system, (eps * dF[0], eps * dF[1]))
+    return (f, g), (df, dg)
 
 
 def dual_value(geom, a, b, eps, f, g):
     """Dual objective <f, a> + <g, b> - eps (sum P - |a| |b|), one log-sum-exp pass."""
     ratio = jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
-    return jnp.dot(f, a) + jnp.dot(g, b) - eps * (jnp.dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
+    return _dot(f, a) + _dot(g, b) - eps * (_dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
 
 
-@jax.custom_vjp
-def envelope_value(geom, a, b, eps, f, g, ratio):
-    """:func:`dual_value` from the row ratio ``P 1 / a`` the solver already has (no pass over C);
-    its VJP is that of :func:`dual_value` at fixed (f, g): the envelope (Danskin) gradient in C
-    (or x, y), a, b and epsilon, exact at convergence (Feydy et al. 2019, section 1.5 of
-    ALGORITHMS.md). Pass ``f``, ``g``, ``ratio`` under ``stop_gradient``."""
-    return jnp.dot(f, a) + jnp.dot(g, b) - eps * (jnp.dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
+def _dot(u, v):
+    return jnp.dot(u, v, precision=_HIGHEST)
 
 
-def _envelope_fwd(geom, a, b, eps, f, g, ratio):
-    return envelope_value(geom, a, b, eps, f, g, ratio), (geom, a, b, eps, f, g, ratio)
+def envelope_value(geom, a, b, eps, f, g, ratio, cg_tol=None, cg_max_iter=1000):
+    """:func:`dual_value` from the row ratio ``P 1 / a`` the solver already has (no pass over C).
+
+    Its derivative (``custom_jvp``) is that of :func:`dual_value` at fixed (f, g): the envelope
+    (Danskin) gradient in C (or x, y), a, b and epsilon, exact at convergence (Feydy et al. 2019,
+    section 1.5 of ALGORITHMS.md). The potentials inside that derivative are
+    :func:`implicit_potentials`, so second derivatives (``jax.hessian``, ``jacrev(jacrev)``,
+    forward over reverse) are exact too. Pass ``f``, ``g``, ``ratio`` under ``stop_gradient``
+    (they get no derivative here); ``cg_tol``/``cg_max_iter`` configure the implicit solve that
+    only second derivatives run."""
+    cg_tol = default_cg_tol(jnp.result_type(f)) if cg_tol is None else float(cg_tol)
+    return _envelope(cg_tol, int(cg_max_iter), geom, a, b, eps, f, g, ratio)
 
 
-def _envelope_bwd(res, ct):
-    geom, a, b, eps, f, g, ratio = res
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _envelope(cg_tol, cg_max_iter, geom, a, b, eps, f, g, ratio):
+    return _dot(f, a) + _dot(g, b) - eps * (_dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
+
+
+@_envelope.defjvp
+def _envelope_jvp(cg_tol, cg_max_iter, primals, tangents):
+    geom, a, b, eps, f, g, ratio = primals
+    dgeom, da, db, deps = tangents[:4]
+    value = _envelope(cg_tol, cg_max_iter, geom, a, b, eps, f, g, ratio)
+    f, g = implicit_potentials(geom, a, b, eps, f, g, cg_tol, cg_max_iter)
     if isinstance(geom, CostMatrix):  # closed form from one pass over the kernel
+        C, dC = jax.jvp(lambda G: G.cost_matrix, (geom,), (dgeom,))
         K = geom.kernel(f, g, eps, a, b)
         P = a[:, None] * b[None, :] * K
         mass_a, mass_b = jnp.sum(a), jnp.sum(b)
-        row_ratio, col_ratio = K @ b, a @ K  # P 1 / a and P^T 1 / b, also at zero weights
+        row_ratio = jnp.matmul(K, b, precision=_HIGHEST)  # P 1 / a, also at zero weights
+        col_ratio = jnp.matmul(a, K, precision=_HIGHEST)  # P^T 1 / b
         a_bar = f - eps * (row_ratio - mass_b)
         b_bar = g - eps * (col_ratio - mass_a)
-        logK = jnp.where(P > 0, (f[:, None] + g[None, :] - geom.cost_matrix) / eps, 0.0)
-        eps_bar = -(jnp.dot(a, row_ratio) - mass_a * mass_b) + jnp.sum(P * logK)
-        zero = jnp.zeros_like
-        fill_bar = None if geom.fill is None else zero(geom.fill)
-        return (CostMatrix(ct * P, fill_bar), ct * a_bar, ct * b_bar, ct * eps_bar, zero(f),
-                zero(g), zero(ratio))
-    _, vjp = jax.vjp(dual_value, geom, a, b, eps, f, g)
-    return (*vjp(ct), jnp.zeros_like(ratio))
+        logK = jnp.where(P > 0, (f[:, None] + g[None, :] - C) / eps, 0.0)
+        eps_bar = -(_dot(a, row_ratio) - mass_a * mass_b) + jnp.sum(P * logK)
+        tangent = jnp.sum(P * dC) + _dot(a_bar, da) + _dot(b_bar, db) + eps_bar * deps
+    else:
+        _, tangent = jax.jvp(lambda G, a, b, e: dual_value(G, a, b, e, f, g),
+                             (geom, a, b, eps), (dgeom, da, db, deps))
+    return value, tangent
 
 
-envelope_value.defvjp(_envelope_fwd, _envelope_bwd)
+class BackwardCheck(NamedTuple):
+    """What the implicit backward solve reached (see :func:`backward_check`).
+
+    Attributes:
+      residual: relative residual of the Schur-complement system after the solve.
+      n_products: CG products used.
+      converged: ``residual <= cg_tol``.
+    """
+
+    residual: jax.Array
+    n_products: jax.Array
+    converged: jax.Array
+
+
+def backward_check(res, fbar=None, gbar=None, *, cg_tol=None, cg_max_iter=1000) -> BackwardCheck:
+    """Diagnose the implicit backward pass of a :class:`~otreg.SinkhornResult` (``sinkhorn`` or
+    ``sns``): run the conjugate-gradient solve that ``jax.grad`` runs for the cotangent
+    ``(fbar, gbar)`` on ``(f, g)`` and report its relative residual, the products used and
+    whether ``cg_tol`` was reached (a gradient computed with a capped solve is finite but
+    inexact: raise ``cg_max_iter``, loosen ``cg_tol``, use float64 or a larger epsilon).
+
+    ``fbar, gbar`` default to a fixed generic cotangent (a smooth ramp over the atoms, which
+    excites every mode of H); pass the gradient of your loss with respect to ``res.f, res.g``
+    to check that exact solve. ``cg_tol`` defaults to the solvers' default for the dtype.
+    Jittable; no host callback.
+    """
+    geom, a, b, eps = res.geom, res.a, res.b, res.epsilon
+    dtype = a.dtype
+    f, g = (jnp.asarray(z, dtype) for z in (res.f, res.g))
+    geom = (geom.astype(dtype) if geom.dtype != dtype else geom).materialize()
+    n, m = f.shape[0], g.shape[0]
+    fbar = jnp.linspace(-1.0, 1.0, n, dtype=dtype) if fbar is None else jnp.asarray(fbar, dtype)
+    gbar = jnp.linspace(1.0, -1.0, m, dtype=dtype) if gbar is None else jnp.asarray(gbar, dtype)
+    cg_tol = default_cg_tol(dtype) if cg_tol is None else float(cg_tol)
+    _, rel, k = _system(geom, a, b, eps, f, g, cg_tol, cg_max_iter).solve(
+        (eps * fbar, eps * gbar))
+    return BackwardCheck(rel, k, rel <= cg_tol)

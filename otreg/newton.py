@@ -46,21 +46,18 @@ import jax.numpy as jnp
 from otreg import _checks
 from otreg import _sinkhorn_loops as loops
 from otreg._math import cg, safe_log
-from otreg.geometry import CostMatrix, as_geometry
 from otreg.sinkhorn import (
-    ANNEAL_MIN_RATIO,
     SinkhornResult,
     SolverStats,
     finish,
     prepare,
     reattach,
-    sinkhorn,
     validate_cg,
     validate_problem,
 )
 from otreg.status import Status
 
-__all__ = ["sns", "choose_solver", "EllHessian", "ell_hessian", "hessian_matvec", "solve_ell"]
+__all__ = ["sns", "EllHessian", "ell_hessian", "hessian_matvec", "solve_ell"]
 
 SHIFT_MAX = 1e-3  # largest relative diagonal shift of the sparsified Hessian
 ARMIJO = 1e-4  # sufficient decrease of the gradient-norm merit
@@ -176,8 +173,13 @@ def _newton_loop(pb: loops.Problem, f, g, it0, *, keep, keep_mass, max_iter, cg_
     fine = jnp.isfinite(err)
     zero = jnp.array(0, jnp.int32)
     n_hist = -(-max_iter // check_every)
+    # marginals that overflow (potentials of an earlier annealing stage when the warm-up ran out)
+    # are not a breakdown: the first step is then a log-domain Sinkhorn block, which recovers
+    inf = jnp.asarray(jnp.inf, dtype)
+    err, merit = jnp.where(fine, err, inf), jnp.where(fine, merit, inf)
     init = _State(f, g, rows, cols, err, merit, err, zero, zero, zero, zero, zero, zero, zero,
-                  zero, -jnp.ones((n_hist,), dtype), fine & (err <= tol), ~fine)
+                  jnp.where(fine, zero, WEAK_STEPS), -jnp.ones((n_hist,), dtype),
+                  fine & (err <= tol), jnp.array(False))
     final_pb = pb._replace(n_stages=zero, eps0=eps)
 
     def direction(s: _State, h: EllHessian):
@@ -207,42 +209,50 @@ def _newton_loop(pb: loops.Problem, f, g, it0, *, keep, keep_mass, max_iter, cg_
                                         (jnp.array(False), zero, out0))
         return ok, out
 
-    def sinkhorn_block(s: _State):  # block_sweeps Sinkhorn sweeps from the current point
+    def sinkhorn_block(s: _State, budget):
+        """At most ``min(block_sweeps, budget)`` Sinkhorn sweeps from the current point: the
+        sweep loop starts its counter at ``block_sweeps - budget`` (max_iter is a hard bound)."""
+        start = jnp.clip(block_sweeps - budget, 0, block_sweeps)
         st = loops.initial_state(s.f, s.g, 1, dtype)
+        st = st._replace(it=start.astype(st.it.dtype))
         st = sweep_loop(final_pb, st, max_iter=block_sweeps, check_every=check_every,
                         progress=None)
+        n = (st.it - start).astype(jnp.int32)
         rows = a * st.ratio
         cols = b * jnp.exp(st.g / eps + geom.lse(st.f / eps + safe_log(a), eps, 0))
         err, merit = _errors(a, b, rows, cols)
-        return (st.f, st.g, rows, cols, err, merit), st.it.astype(jnp.int32)
+        old = (s.f, s.g, s.rows, s.cols, s.err, s.merit)  # no sweep ran: nothing changed
+        out = jax.tree_util.tree_map(lambda x, y: jnp.where(n > 0, x, y),
+                                     (st.f, st.g, rows, cols, err, merit), old)
+        return out, n
 
-    def newton(s: _State, h: EllHessian):
+    def newton(s: _State, h: EllHessian, budget):
         du, dv, k = direction(s, h)
         ok, out = line_search(s, du, dv)
-        out, n = jax.lax.cond(ok, lambda: (out, zero), lambda: sinkhorn_block(s))
+        out, n = jax.lax.cond(ok, lambda: (out, zero), lambda: sinkhorn_block(s, budget - 1))
         return out, n, k, ok
 
-    def sinkhorn_step(s: _State):
-        return (*sinkhorn_block(s), zero, jnp.array(True), jnp.array(False))
+    def sinkhorn_step(s: _State, budget):
+        return (*sinkhorn_block(s, budget), zero, jnp.array(True), jnp.array(False))
 
-    def newton_or_sinkhorn(s: _State):
+    def newton_or_sinkhorn(s: _State, budget):
         h = ell_hessian(geom, a, b, eps, s.f, s.g, s.rows, s.cols, keep)
         kept = jnp.sum(h.vals) >= keep_mass * jnp.sum(s.rows)
-        return jax.lax.cond(kept, lambda: (*newton(s, h), jnp.array(True)),
-                            lambda: sinkhorn_step(s))
+        return jax.lax.cond(kept, lambda: (*newton(s, h, budget), jnp.array(True)),
+                            lambda: sinkhorn_step(s, budget))
 
     def body(s: _State):
         # after WEAK_STEPS weak Newton steps (little gain) one Sinkhorn block, then Newton again
+        budget = max_iter - (it0 + s.sweeps + s.newton)  # >= 1 here (see cond)
         out, n, k, ok, took_newton = jax.lax.cond(s.weak >= WEAK_STEPS, sinkhorn_step,
-                                                  newton_or_sinkhorn, s)
+                                                  newton_or_sinkhorn, s, budget)
         f, g, rows, cols, err, merit = out
         good = jnp.isfinite(err) & jnp.all(jnp.isfinite(f)) & jnp.all(jnp.isfinite(g))
         better = err < s.best
         stall = jnp.where(better, 0, s.stall + 1)
         weak = jnp.where(took_newton & ~(err * NEWTON_MIN_GAIN <= s.err), s.weak + 1, 0)
         newton_steps = s.newton + jnp.where(took_newton, 1, 0)
-        if progress is not None:
-            jax.debug.callback(progress, it0 + s.sweeps + n + newton_steps, err, eps)
+        loops.report(progress, it0 + s.sweeps + n + newton_steps, err, eps, good)
         new = _State(f, g, rows, cols, err, merit, jnp.minimum(err, s.best), stall, s.step + 1,
                      newton_steps, s.sweeps + n, s.n_cg + k, s.n_fallback + jnp.where(ok, 0, 1),
                      s.n_capped + jnp.where(k >= cg_max_iter, 1, 0), weak,
@@ -263,6 +273,9 @@ def _newton_loop(pb: loops.Problem, f, g, it0, *, keep, keep_mass, max_iter, cg_
 def _solve(geom, a, b, epsilon, tol, warmup_tol, init, max_abs, *, keep, keep_mass, warmup_iter,
            max_iter, check_every, anneal, decay, progress, implicit_diff, cg_tol, cg_max_iter,
            ls_steps, block_sweeps):
+    # the warm-up stops at max(warmup_tol, tol), in-graph: tol may be traced (e.g. passed on by
+    # sinkhorn_divergence under jit)
+    warmup_tol = jnp.maximum(jnp.asarray(warmup_tol), jnp.asarray(tol))
     p = prepare(geom, a, b, epsilon, warmup_tol, init, max_abs, max_iter=warmup_iter,
                 check_every=check_every, anneal=anneal, decay=decay)
     loop = loops.log_loop if p.live.is_blocked else loops.kernel_loop
@@ -273,18 +286,26 @@ def _solve(geom, a, b, epsilon, tol, warmup_tol, init, max_abs, *, keep, keep_ma
                      max_iter=max_iter, cg_tol=cg_tol, cg_max_iter=cg_max_iter, ls_steps=ls_steps,
                      block_sweeps=block_sweeps, check_every=check_every, sweep_loop=loop,
                      progress=progress)
-    failed = s.failed | (warm.failed & (s.step == 0))
+    used = warm.it.astype(jnp.int32) + s.sweeps + s.newton
+    n_newton, n_cg, n_fallback, n_capped = s.newton, s.n_cg, s.n_fallback, s.n_capped
+    # the budget ran out in the warm-up (max_iter <= warmup sweeps): potentials of an earlier
+    # annealing stage may overflow at the target epsilon; that is MAX_ITER, not a breakdown
+    spent = (s.step == 0) & (warm.it >= max_iter)
+    failed = (s.failed | (warm.failed & (s.step == 0))) & ~spent
+    ok_rows = jnp.all(jnp.isfinite(s.rows)) & jnp.isfinite(s.err)
+    s = s._replace(rows=jnp.where(ok_rows, s.rows, p.pb.a),
+                   err=jnp.where(ok_rows, s.err, warm.err.astype(s.err.dtype)))
     converged = s.done & ~failed
-    stalled = (s.n_fallback > 0) | (s.stall >= STALL_STEPS) | (s.n_capped > 0)
+    stalled = (n_fallback > 0) | (s.stall >= STALL_STEPS) | (n_capped > 0)
     solve = jnp.where(converged, Status.SUCCESS, jnp.where(
         failed, Status.NUMERICAL, jnp.where(stalled, Status.NEWTON_STALLED, Status.MAX_ITER)))
     status = jnp.where(p.status != Status.SUCCESS, p.status, solve).astype(jnp.int32)
-    stats = SolverStats(warm.it.astype(jnp.int32) + s.sweeps, s.newton, s.n_cg, s.n_fallback)
+    stats = SolverStats(used - n_newton, n_newton, n_cg, n_fallback)
     ratio = s.rows / jnp.where(p.pb.a > 0, p.pb.a, 1.0)
     return finish(p, s.f, s.g, ratio, converged=converged,
-                  n_iters=warm.it.astype(jnp.int32) + s.sweeps + s.newton, error=s.err,
+                  n_iters=used, error=s.err,
                   errors=jnp.concatenate([warm.errors, s.errors]), status=status, stats=stats,
-                  implicit_diff=implicit_diff, cg_tol=cg_tol, cg_max_iter=1000)
+                  implicit_diff=implicit_diff, cg_tol=cg_tol, cg_max_iter=cg_max_iter)
 
 
 def resolve_keep(keep: int | float, m: int, fn: str = "sns") -> int:
@@ -346,12 +367,12 @@ def sns(
         taken instead. So SNS never does much worse than Sinkhorn where the plan is not sparse.
       tol: target L1 marginal error :math:`\|P1 - a\|_1 + \|P^\top 1 - b\|_1`; default 1e-3 in
         float32, 1e-6 in float64 (float64 reaches 1e-12).
-      max_iter: most iterations: Sinkhorn sweeps plus Newton steps (a block may overrun it by
-        less than ``block_sweeps``).
+      max_iter: most iterations: Sinkhorn sweeps plus Newton steps, a hard bound
+        (``n_iters <= max_iter`` always; a Sinkhorn block is cut short at the budget).
       cg_tol: floor of the relative CG tolerance of each Newton step (the tolerance used is
         ``max(cg_tol, min(0.1, sqrt(error)))``), and the tolerance of the implicit backward
         pass; default 1e-5 (float32) / 1e-8 (float64).
-      cg_max_iter: CG products per Newton step.
+      cg_max_iter: CG products per Newton step, and per solve of the implicit backward pass.
       anneal, check_every, init, progress, implicit_diff: as in :func:`otreg.sinkhorn` (for the
         warm-up; ``progress`` also reports every Newton step).
       line_search_steps: most step halvings before a step counts as failed.
@@ -388,7 +409,7 @@ def sns(
         if not isinstance(flag, bool):
             raise TypeError(f"{fn}: `{name}` must be True or False, got {flag!r}.")
     cg_tol, cg_max_iter = validate_cg(fn, geom, cg_tol, cg_max_iter)
-    res = _solve(geom, a, b, epsilon, tol, max(float(warmup_tol), float(tol)), init, max_abs,
+    res = _solve(geom, a, b, epsilon, tol, warmup_tol, init, max_abs,
                  keep=keep, keep_mass=float(keep_mass), warmup_iter=warmup_iter,
                  max_iter=max_iter,
                  check_every=check_every, anneal=anneal, decay=0.1, progress=progress,
@@ -397,32 +418,11 @@ def sns(
     return reattach(res, geom)
 
 
-# max|C| / epsilon above which ``method="auto"`` picks SNS: Sinkhorn's iteration count grows like
-# max|C| / epsilon, SNS's stays nearly flat (benchmarks/RESULTS.md)
-AUTO_SNS_RATIO = 10 * ANNEAL_MIN_RATIO
-METHODS = ("sinkhorn", "sns", "auto")
-
-
-def prefers_sns(geom, epsilon) -> bool:
-    """``max|C| / epsilon >= AUTO_SNS_RATIO`` for a concrete epsilon and concrete inputs (one
-    pass over the cost, blockwise when blocked); False when either is traced (then the choice
-    cannot depend on values: pass ``method="sns"`` explicitly inside ``jit``)."""
-    if epsilon is None or not _checks.is_concrete(epsilon):
-        return False
-    geom = as_geometry(geom, "method='auto'")
-    leaves = jax.tree_util.tree_leaves(geom)
-    if not _checks.is_concrete(*leaves):
-        return False
-    with jax.ensure_compile_time_eval():
-        peak = float(jnp.max(jnp.abs(geom.cost_matrix)) if isinstance(geom, CostMatrix)
-                     else geom.max_cost())
-    return peak >= AUTO_SNS_RATIO * float(epsilon)
-
-
-def choose_solver(method: str, geom, epsilon, fn: str = "otreg") -> Callable:
-    """The entropic solver for ``method`` in ``"sinkhorn" | "sns" | "auto"`` (see
-    :func:`prefers_sns` for what ``"auto"`` decides)."""
-    _checks.check_option(method, "method", METHODS, fn)
-    if method == "auto":
-        method = "sns" if prefers_sns(geom, epsilon) else "sinkhorn"
-    return sns if method == "sns" else sinkhorn
+def __getattr__(name):
+    """``choose_solver``, ``prefers_sns``, ``METHODS``, ``AUTO_SNS_RATIO`` live in
+    :mod:`otreg._methods` (the choice between solvers is not one solver's business); the old
+    ``otreg.newton`` import path keeps working."""
+    if name in ("choose_solver", "prefers_sns", "METHODS", "AUTO_SNS_RATIO"):
+        from otreg import _methods
+        return getattr(_methods, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

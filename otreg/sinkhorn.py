@@ -159,7 +159,7 @@ class Prepared(NamedTuple):
     a: jax.Array
     b: jax.Array
     eps: jax.Array  # resolved, stop-gradient, positive
-    epsilon: Any  # as the caller gave it (None: relative)
+    eps_live: jax.Array  # resolved, differentiable when the caller's epsilon is
     status: jax.Array  # input status
     pb: loops.Problem  # stop-gradient problem for the loops
     state: loops.LoopState
@@ -180,8 +180,16 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
     solve_geom = jax.tree_util.tree_map(jax.lax.stop_gradient, live)
     a_s, b_s = jax.lax.stop_gradient(a), jax.lax.stop_gradient(b)
     sg = jax.lax.stop_gradient
-    eps = (0.05 * sg(mean_cost()) if epsilon is None else jnp.asarray(epsilon)).astype(dtype)
-    eps = jnp.maximum(jax.lax.stop_gradient(eps), jnp.finfo(dtype).tiny)
+    default_eps = lambda: 0.05 * sg(mean_cost())  # noqa: E731
+    if epsilon is None:
+        eps_live = default_eps().astype(dtype)
+    else:  # a traced epsilon that is not positive finite: the default, reported BAD_PARAMETER
+        eps_live = jnp.asarray(epsilon).astype(dtype)
+        bad_eps = ~(jnp.isfinite(eps_live) & (eps_live > 0))
+        eps_live = jnp.where(bad_eps, default_eps().astype(dtype), eps_live)
+        status = jnp.where(bad_eps, Status.BAD_PARAMETER, status).astype(jnp.int32)
+    eps_live = jnp.maximum(eps_live, jnp.finfo(dtype).tiny)
+    eps = sg(eps_live)
     n, m = live.shape
     f0, g0 = jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
     n_stages = jnp.array(0, jnp.int32)
@@ -207,20 +215,20 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
     eps0 = eps / decay ** n_stages.astype(dtype)
     pb = loops.Problem(solve_geom, a_s, b_s, eps, eps0, n_stages, decay, jnp.asarray(tol, dtype))
     state = loops.initial_state(f0, g0, -(-max_iter // check_every), dtype)
-    return Prepared(live, a, b, eps, epsilon, status, pb, state, geom, in_dtype)
+    return Prepared(live, a, b, eps, eps_live, status, pb, state, geom, in_dtype)
 
 
 def finish(p: Prepared, f, g, ratio, *, converged, n_iters, error, errors, status, stats,
            implicit_diff, cg_tol, cg_max_iter) -> SinkhornResult:
     """Shared epilogue: implicit potentials (if asked), gauge, envelope value, result."""
-    live, a, b, eps = p.live, p.a, p.b, p.eps
+    live, a, b, eps, eps_live = p.live, p.a, p.b, p.eps, p.eps_live
     if implicit_diff:
-        f, g = implicit.implicit_potentials(live, a, b, eps, f, g, cg_tol, cg_max_iter)
+        f, g = implicit.implicit_potentials(live, a, b, eps_live, f, g, cg_tol, cg_max_iter)
     f, g = loops.gauge(f, g, a, b)
     sg = jax.lax.stop_gradient
     dtype = eps.dtype
-    eps_live = eps if p.epsilon is None else jnp.asarray(p.epsilon, dtype)
-    cost = implicit.envelope_value(live, a, b, eps_live, sg(f), sg(g), sg(ratio))
+    cost = implicit.envelope_value(live, a, b, eps_live, sg(f), sg(g), sg(ratio), cg_tol,
+                                   cg_max_iter)
     cast = (lambda z: z.astype(p.in_dtype)) if p.in_dtype != dtype else (lambda z: z)
     geom = p.geom
     return SinkhornResult(

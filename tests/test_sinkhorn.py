@@ -70,6 +70,7 @@ def test_marginals_apply_plan(rng, blocked):
     geom = otreg.PointCloud(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
                             block_size=16 if blocked else None, scale_cost="max")
     res = otreg.sinkhorn(geom, a, b, epsilon=0.02, tol=1e-5)
+    assert bool(res.converged) and float(res.error) <= 1e-5
     P = np.asarray(res.plan(), np.float64)
     assert np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum() < 3e-5
     rows, cols = res.marginals()
@@ -88,6 +89,7 @@ def test_blocked_equals_dense(rng, x64):
     for bs in (None, 7, 64):
         geom = otreg.PointCloud(jnp.asarray(x), jnp.asarray(y), block_size=bs)
         out.append(otreg.sinkhorn(geom, a, b, epsilon=0.5, tol=1e-10))
+    assert all(bool(r.converged) and float(r.error) <= 1e-10 for r in out)
     for r in out[1:]:
         np.testing.assert_allclose(r.cost, out[0].cost, rtol=1e-10)
         np.testing.assert_allclose(r.plan(), out[0].plan(), atol=1e-12)
@@ -98,6 +100,7 @@ def test_symmetry_and_permutation(rng, x64):
     C = sqdist(x, y)
     r1 = otreg.sinkhorn(jnp.asarray(C), a, b, epsilon=0.3, tol=1e-11)
     r2 = otreg.sinkhorn(jnp.asarray(C.T), b, a, epsilon=0.3, tol=1e-11)
+    assert bool(r1.converged) and bool(r2.converged)
     np.testing.assert_allclose(r1.cost, r2.cost, rtol=1e-9)
     np.testing.assert_allclose(r1.plan(), np.asarray(r2.plan()).T, atol=1e-12)
     p, q = rng.permutation(20), rng.permutation(30)
@@ -114,6 +117,7 @@ def test_warm_start_and_progress(rng):
     r2 = otreg.sinkhorn(C, a, b, epsilon=0.5, tol=1e-5, init=(r1.f, r1.g),
                         progress=lambda it, err, eps: seen.append((int(it), float(err))))
     jax.block_until_ready(r2)
+    assert bool(r1.converged) and bool(r2.converged) and float(r2.error) <= 1e-5
     assert int(r2.n_iters) <= 10 and seen and seen[0][0] == 10
     errs = np.asarray(r1.errors)
     k = -(-int(r1.n_iters) // 10)
