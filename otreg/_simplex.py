@@ -62,8 +62,11 @@ def semi_dual_columns(alpha, cols: Columns, b, gamma):
     x = gather(alpha, cols) - cols.cost
     on = b > 0
     gb = gamma * jnp.where(on, b, 1.0)[:, None]
-    z = x / gb
-    y = jnp.maximum(z - simplex_threshold(z, axis=1), 0.0)
+    if x.shape[1] == 1:  # one kept entry: y = 1 exactly
+        y = jnp.ones_like(x)
+    else:
+        z = x / gb
+        y = jnp.maximum(z - simplex_threshold(z, axis=1), 0.0)
     y = jnp.where(on[:, None], y, 0.0)
     val = jnp.sum(y * x, axis=1) - 0.5 * gb[:, 0] * jnp.sum(y * y, axis=1)
     return y, val

@@ -72,8 +72,8 @@ class SparseOTResult(NamedTuple):
       primal: :math:`\\langle T, C\\rangle + \\frac\\gamma2\\|T\\|^2` at the returned plan.
       alpha, beta: dual variables (``beta`` is the implied one for the semi-dual:
         ``beta_j = -max_Omega(alpha - c_j)``).
-      converged: marginal error <= ``tol``, or (sparse relaxation) the objective stopped
-        changing: stationarity, with the relaxation's gap left in ``error``.
+      converged: marginal error <= ``tol`` and every output finite (k = 1 auction: also an
+        optimality certificate); otherwise ``status`` says why (ROW_GAP, STALLED, MAX_ITER...).
       n_iters: L-BFGS iterations. error: L1 marginal error of the plan (both marginals).
       status: result code (``otreg.explain``).
       idx, values: the plan in static sparse form: column j has ``values[j, r]`` at row
@@ -422,9 +422,18 @@ def sparse_ot(
       ``formulation``; negative weights or unequal masses when concrete (under ``jit`` they are
       repaired and reported in ``status``).
 
-    Failure modes: the relaxation may leave a row-marginal gap (ALGORITHMS.md 4.4) that no solver
-    closes; then L-BFGS stops on stationarity of the objective, ``converged`` is True and the gap
-    is in ``error``. Gradients: ``cost`` by the envelope theorem (C or x, y; a; b): the
+    Scale: the solve runs on :math:`C' = (C - \min C) / s`, :math:`s = \max C - \min C`, with
+    :math:`\gamma / s`, so ``(s C, s gamma)`` gives the same plan and ``s`` times the cost.
+    ``k = 1`` with ``n == m``, uniform weights, a materialised cost and the semi-dual is the
+    assignment problem, solved exactly by an epsilon-scaling auction (Bertsekas 1988) with an
+    optimality certificate (:mod:`otreg._assignment`; ``n_iters`` counts bidding rounds, at most
+    ``100 * max_iter``); other ``k = 1`` problems use the relaxation below.
+
+    Failure modes: ``converged`` is True only when ``error <= tol`` with finite outputs (and, for
+    the auction, a certificate). The relaxation may leave a row-marginal gap (ALGORITHMS.md 4.4);
+    L-BFGS then stops on stationarity (after restarts) with status ``ROW_GAP`` and the gap in
+    ``error`` (``STALLED`` for quadratic OT, ``NEWTON_STALLED`` for its Newton solver).
+    Gradients: ``cost`` by the envelope theorem (C or x, y; a; b): the
     gradient in C is the plan; exact where the relaxation is tight (``error`` at ``tol``; always
     for :func:`quadratic_ot`), a supergradient of the relaxed value otherwise. The plan itself is
     returned under ``stop_gradient`` (differentiate ``cost``).
