@@ -2,7 +2,7 @@
 variance ratios. Run pinned and single-threaded (see run_sinkhorn.sh for the environment).
 
 1. Time per call, n = 5000 (x ~ N(0, I), y ~ N(1, I)), uniform weights, for d and L given:
-   otreg (float32, host sort on CPU), POT `ot.sliced_wasserstein_distance` (NumPy float64),
+   otreg (float32, in-graph integer-key sort), POT `ot.sliced_wasserstein_distance` (NumPy float64),
    OTT `ott.tools.sliced.sliced_wasserstein` (float32), and the floor: NumPy float64 projection
    and `np.sort` of both clouds. Values are compared (all estimate SW_2 from L directions).
 2. Variance ratio Var(plain MC) / Var(control variate) at L = 100 over `--keys` keys:

@@ -96,9 +96,16 @@ def get(cost: str | Cost) -> Cost:
                      f"'lp:P' (e.g. 'lp:1.5'), or pass a callable cost(x, y) -> (n, m).")
 
 
+def _check_callable(cost) -> None:
+    if not callable(cost):
+        raise TypeError(f"costs: `cost` must be a callable (x, y) -> (n, m) matrix, got "
+                        f"{cost!r}; use costs.get(name) for a named cost.")
+
+
 def is_symmetric(cost: Cost) -> bool:
     """True for the built-in costs (``cost(y, x) == cost(x, y).T``); a user callable is not
     assumed symmetric."""
+    _check_callable(cost)
     return cost in _NAMED.values() or getattr(cost, "func", None) is _lp
 
 

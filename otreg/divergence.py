@@ -85,6 +85,9 @@ def _divergence(x, y, a, b, epsilon, tol, *, cost, block_size, max_iter, sym_max
                 sinkhorn_kw, solver):
     sg = jax.lax.stop_gradient
     a, b, in_status = _checks.repair_weights(a, b)
+    finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))  # under jit: repair, report
+    in_status = jnp.where(finite, in_status, Status.NONFINITE_INPUT)
+    x, y = jnp.where(jnp.isfinite(x), x, 0.0), jnp.where(jnp.isfinite(y), y, 0.0)
     geom_xy = PointCloud(x, y, cost=cost, block_size=block_size)
     eps_default = lambda: 0.05 * sg(geom_xy.mean_cost())  # noqa: E731
     if epsilon is None:
@@ -166,6 +169,8 @@ def sinkhorn_divergence(
     x, y = _checks.check_points(x, y, fn)
     dtype = _checks.compute_dtype(x, y)
     x, y = x.astype(dtype), y.astype(dtype)
+    _checks.check_finite(x, "x", fn, "points")
+    _checks.check_finite(y, "y", fn, "points")
     a = _checks.check_weights(a, x.shape[0], "a", dtype, fn)
     b = _checks.check_weights(b, y.shape[0], "b", dtype, fn)
     _checks.check_weight_values(a, b, fn)

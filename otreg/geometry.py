@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from otreg import costs as costs_lib
 from otreg._checks import (
+    check_finite,
     check_option,
     check_points,
     check_positive_float,
@@ -100,6 +101,8 @@ class CostMatrix(_Geometry):
         C = float_array(cost_matrix, "cost_matrix", 2, "CostMatrix")
         if 0 in C.shape:
             raise ValueError(f"CostMatrix: empty cost matrix of shape {tuple(C.shape)}.")
+        if fill is None:  # concrete NaN/inf raises; under jit the solvers repair and report
+            check_finite(C, "cost_matrix", "CostMatrix", "costs")
         self._C, self.fill = C, fill
 
     @property
@@ -189,6 +192,8 @@ class PointCloud(_Geometry):
     def __init__(self, x: jax.Array, y: jax.Array, cost: str | Callable = "sqeuclidean",
                  block_size: int | None = None, scale_cost: float | str = 1.0):
         x, y = check_points(x, y, "PointCloud")
+        check_finite(x, "x", "PointCloud", "points")  # concrete only; under jit: status
+        check_finite(y, "y", "PointCloud", "points")
         self.x, self.y = x, y
         self.cost_fn = costs_lib.get(cost)
         self.block_size = None if block_size is None else check_positive_int(

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from otreg import _checks
 from otreg._math import safe_sqrt
-from otreg.univariate import bad_weights, check_finite_samples, check_sort
+from otreg.univariate import bad_weights, check_sort
 from otreg.univariate import solve as w1d_solve
 
 __all__ = ["sliced_w2", "sample_directions"]
@@ -131,8 +131,8 @@ def sliced_w2(
     check_sort(sort, fn)
     if not isinstance(squared, bool):
         raise TypeError(f"{fn}: `squared` must be True or False, got {squared!r}.")
-    check_finite_samples(x, "x", fn)
-    check_finite_samples(y, "y", fn)
+    _checks.check_finite(x, "x", fn, "points")
+    _checks.check_finite(y, "y", fn, "points")
     if key is None:
         key = jax.random.PRNGKey(_DEFAULT_KEY_SEED)
     return _sliced(x, y, a, b, key, n_projections, control_variate, directions, squared,

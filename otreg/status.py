@@ -46,9 +46,10 @@ class Status:
         "objective or the error) before the marginal error reached `tol`; the floating-point "
         "floor of the dtype or a small regularization was reached. Use float64, a larger "
         "`gamma`/`epsilon`, or a looser `tol`.",
-        ROW_GAP: "not converged: the semi-dual (relaxed) problem was solved, but the plan it "
-        "recovers misses the row marginal `a` by more than `tol` (the k-sparse relaxation is "
-        "not tight for this problem). Raise `k` or `gamma`, or loosen `tol`.",
+        ROW_GAP: "not converged: the solver of the semi-dual (relaxed) problem became stationary, "
+        "but the plan it recovers misses the row marginal `a` by more than `tol` (the k-sparse "
+        "relaxation is not tight for this problem, or the nonsmooth solve stopped short). Raise "
+        "`k` or `gamma`, or loosen `tol`.",
         BAD_PARAMETER: "invalid input: a traced hyperparameter (`epsilon`, `gamma`, `strength`) "
         "was not a positive finite number; it was replaced by a safe positive value and the "
         "result does not answer the problem asked. Pass a positive finite value.",

@@ -21,7 +21,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from otreg import _checks
 from otreg._math import safe_pow
@@ -67,12 +66,6 @@ def bad_weights(w: jax.Array) -> jax.Array:
     return jnp.any(~jnp.isfinite(w) | (w < 0), axis=-1) | ~(jnp.sum(w, axis=-1) > 0)
 
 
-def check_finite_samples(z, name, fn):
-    """On a concrete sample, raise for NaN/inf (under jit the result is NaN instead)."""
-    if _checks.is_concrete(z) and not np.all(np.isfinite(np.asarray(z))):
-        raise ValueError(f"{fn}: `{name}` contains NaN or inf; pass finite samples.")
-
-
 def wasserstein_1d(
     u: jax.Array,
     v: jax.Array,
@@ -116,8 +109,8 @@ def wasserstein_1d(
     in_dtype = jnp.result_type(u, v)
     dtype = _checks.compute_dtype(u, v)
     u, v = u.astype(dtype), v.astype(dtype)
-    check_finite_samples(u, "u", fn)
-    check_finite_samples(v, "v", fn)
+    _checks.check_finite(u, "u", fn, "samples")  # concrete only; under jit the result is NaN
+    _checks.check_finite(v, "v", fn, "samples")
     ws = []
     for name, w, z in (("u_weights", u_weights, u), ("v_weights", v_weights, v)):
         if w is not None:

@@ -585,22 +585,7 @@ JITTED: list[JitCase] = [
 
 # Cases that fail because of a module owned elsewhere (being fixed concurrently): unmark each
 # when its module is fixed (strict: an unexpected pass fails, so a fix cannot go unnoticed).
-XFAIL: dict[tuple[str, str, str], str] = {
-    ("otreg.sinkhorn_divergence", "nan_x", "concrete"):
-        "divergence: concrete NaN points are not rejected (no ValueError naming `x`)",
-    ("otreg.sinkhorn_divergence", "inf_y", "concrete"):
-        "divergence: concrete inf points are not rejected (no ValueError naming `y`)",
-    ("otreg.sinkhorn_divergence", "nan_x", "jit"):
-        "divergence: NaN points under jit give infinite symmetric potentials p",
-    ("otreg.PointCloud", "nan_x", "concrete"):
-        "geometry: PointCloud does not check concrete points for NaN/inf",
-    ("otreg.CostMatrix", "nan", "concrete"):
-        "geometry: CostMatrix does not check a concrete cost for NaN/inf",
-    ("costs.transposed", "not_callable", "concrete"):
-        "costs: transposed() wraps a non-callable cost silently",
-    ("costs.is_symmetric", "not_callable", "concrete"):
-        "costs: is_symmetric() answers False for a non-callable cost instead of raising",
-}
+XFAIL: dict[tuple[str, str, str], str] = {}
 
 
 def _params(cases, kind):
