@@ -24,6 +24,7 @@ import numpy as np
 
 from otreg import _checks, implicit
 from otreg import _sinkhorn_loops as loops
+from otreg._geom_checks import repair_geometry, validate_geometry_values
 from otreg.geometry import CostMatrix, as_geometry
 from otreg.status import Status
 
@@ -98,44 +99,6 @@ def _default_progress(it, err, eps):
           flush=True)
 
 
-_max_abs = jax.jit(lambda z: jnp.max(jnp.abs(z)))  # one fused pass; NaN and inf propagate
-
-
-def _validate_geometry_values(geom, fn="sinkhorn"):
-    """Concrete inputs: non-finite costs or points raise. Returns max |C| for a concrete cost
-    matrix (reused by the solve instead of another pass), else None."""
-    leaves = (geom.cost_matrix,) if isinstance(geom, CostMatrix) else (geom.x, geom.y)
-    if not _checks.is_concrete(*leaves):
-        return None
-    with jax.ensure_compile_time_eval():  # concrete constants closed over by a traced caller
-        peaks = [_max_abs(leaf) for leaf in leaves]
-    if not all(np.isfinite(float(p)) for p in peaks):
-        what = "cost matrix" if isinstance(geom, CostMatrix) else "point cloud"
-        raise ValueError(f"{fn}: the {what} contains NaN or inf; remove them (an "
-                         f"infinite cost is not supported: use a large finite cost).")
-    return peaks[0] if isinstance(geom, CostMatrix) else None
-
-
-def _repair_geometry(geom, max_abs=None):
-    """In-graph: non-finite costs/points read as finite values. Returns (geom, ok, cost stats)
-    where the stats are ``(max |C|, mean C)`` thunks that reuse the passes already made."""
-    if isinstance(geom, CostMatrix):  # non-finite entries read as the largest finite cost
-        C = geom.cost_matrix
-        hi = jnp.max(jnp.abs(C)) if max_abs is None else max_abs.astype(C.dtype)  # NaN/inf
-        ok = jnp.isfinite(hi)
-        big = jax.lax.cond(ok, lambda: hi, lambda: jnp.max(jnp.where(jnp.isfinite(C), C,
-                                                                      -jnp.inf)))
-        big = jnp.where(jnp.isfinite(big), big, 0.0)
-        fixed = CostMatrix(C, big)
-        mean = lambda: jax.lax.cond(ok, lambda: jnp.mean(C), fixed.mean_cost)  # noqa: E731
-        return fixed, ok, (lambda: big), mean
-    ok = jnp.all(jnp.isfinite(geom.x)) & jnp.all(jnp.isfinite(geom.y))
-    leaves, treedef = jax.tree_util.tree_flatten(geom)
-    x, y = (jnp.where(jnp.isfinite(z), z, 0.0) for z in (geom.x, geom.y))
-    fixed = jax.tree_util.tree_unflatten(treedef, [x, y, *leaves[2:]])
-    return fixed, ok, fixed.max_cost, fixed.mean_cost
-
-
 class SolverStats(NamedTuple):
     """Work counts of a solve (same fields for every entropic solver, so results share a type).
 
@@ -173,7 +136,7 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
     repaired geometry, resolved epsilon, annealing schedule and warm start."""
     geom, a, b, status, in_dtype = _checks.solve_dtype_and_weights(geom, a, b)
     dtype = a.dtype
-    geom, finite, max_cost, mean_cost = _repair_geometry(geom, max_abs)
+    geom, finite, max_cost, mean_cost = repair_geometry(geom, max_abs)
     status = jnp.where(finite, status, Status.NONFINITE_INPUT)
 
     live = geom.materialize()  # dense clouds become C(x, y): differentiable in x, y
@@ -283,7 +246,7 @@ def validate_problem(fn, geom, a, b, epsilon, tol, init, progress):
         a = _checks.check_weights(a, n, "a", dtype, fn)
         b = _checks.check_weights(b, m, "b", dtype, fn)
         _checks.check_weight_values(a, b, fn)
-    max_abs = _validate_geometry_values(geom, fn)
+    max_abs = validate_geometry_values(geom, fn)
     _checks.check_epsilon(epsilon, fn)
     tol = (1e-6 if dtype == jnp.float64 else 1e-3) if tol is None else tol
     _checks.check_positive_float(tol, "tol", fn)

@@ -26,7 +26,7 @@ quadratic-regularised OT (Blondel, Seguy and Rolet, AISTATS 2018), :func:`quadra
 The k largest entries of each column are found with ``lax.top_k`` (ranked in float32, block by
 block for a blocked :class:`~otreg.PointCloud`, so memory is O(m k)); the simplex threshold by
 Michelot's finite Newton iteration (no sort). The solver is Optax's L-BFGS with its zoom line
-search, inside one ``lax.while_loop``.
+search, inside one ``lax.while_loop`` (:mod:`otreg._sparse_lbfgs`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from otreg import _assignment, _checks, _qot_newton
+from otreg import _assignment, _checks, _qot_newton, _sparse_lbfgs
+from otreg._geom_checks import repair_geometry, validate_geometry_values
 from otreg._simplex import (
     Columns,
     dual_columns,
@@ -48,16 +48,12 @@ from otreg._simplex import (
     simplex_threshold,
 )
 from otreg.geometry import CostMatrix, as_geometry
-from otreg.sinkhorn import _repair_geometry, _validate_geometry_values
 from otreg.status import Status
 
 __all__ = ["sparse_ot", "quadratic_ot", "SparseOTResult", "simplex_threshold"]
 
-STALL_STEPS = 20  # L-BFGS steps without objective progress before declaring stationarity
 SEMI_DUAL_MAX_SIZE = 10**6  # quadratic_ot's default formulation switches to the dual above
-FLAT_RTOL = 1e-6  # objective change per step, relative, times tol, that counts as stationary
 INIT_SWEEPS = 2  # block-ascent sweeps that initialise quadratic OT for L-BFGS
-RESTARTS = 3  # L-BFGS restarts from the best point after a stall (nonsmooth relaxation)
 AUCTION_ROUNDS = 100  # k = 1 (uniform, square): bidding rounds per unit of max_iter
 HI = jax.lax.Precision.HIGHEST
 
@@ -158,109 +154,10 @@ def _normalise(live):
     return _Normalised(live, lo, s), lo, s
 
 
-def _kept(gt, alpha, k) -> Columns:
-    """Top k of ``alpha - c_j`` for every column j (gt: the transposed geometry); every row
-    when ``k >= n`` (no selection: quadratic OT)."""
-    m, n = gt.shape
-    if k >= n:  # every row: no indices (idx None), dense reductions instead of gathers/scatters
-        return Columns(None, gt.cost_matrix)
-    idx, cost = gt.row_top_k(alpha, jnp.asarray(1.0, alpha.dtype), k)
-    return Columns(idx, cost)
-
-
-def _objective(params, gt, a, b, gamma, k, formulation):
-    """(value to maximise, plan values (m, k), cols) at ``params``."""
-    if formulation == "semi-dual":
-        alpha = params
-        cols = _kept(gt, alpha, k)
-        y, val = semi_dual_columns(alpha, cols, b, gamma)
-        return (jnp.dot(alpha, a, precision=HI) - jnp.dot(b, val, precision=HI),
-                b[:, None] * y, cols)
-    alpha, beta = params
-    cols = _kept(gt, alpha, k)
-    t, val = dual_columns(alpha, beta, cols, gamma)
-    return (jnp.dot(alpha, a, precision=HI) + jnp.dot(beta, b, precision=HI) - jnp.sum(val), t,
-            cols)
-
-
-def _marginal_grad(params, t, cols, a, b, formulation):
-    rows = row_sums(t, cols, a.shape[0])
-    if formulation == "semi-dual":
-        return a - rows
-    return a - rows, b - jnp.sum(t, axis=1)
-
-
-def _make_loss(gt, a, b, gamma, k, formulation):
-    """-objective with its exact (Danskin) gradient -(a - T1[, b - T^T 1])."""
-
-    @jax.custom_vjp
-    def loss(params):
-        return -_objective(params, gt, a, b, gamma, k, formulation)[0]
-
-    def fwd(params):
-        val, t, cols = _objective(params, gt, a, b, gamma, k, formulation)
-        return -val, _marginal_grad(params, t, cols, a, b, formulation)
-
-    def bwd(grad, ct):
-        return (jax.tree_util.tree_map(lambda g: -ct * g, grad),)
-
-    loss.defvjp(fwd, bwd)
-    return loss
-
-
-def _error(grad):
-    """L1 norm of the gradient: the marginal error (the semi-dual meets ``b`` exactly)."""
-    return sum(jnp.sum(jnp.abs(g)) for g in jax.tree_util.tree_leaves(grad))
-
-
-def _lbfgs(loss, p0, tol, dtype, *, max_iter, memory, smooth):
-    """Optax L-BFGS (zoom line search) in one ``lax.while_loop``, until the marginal error is at
-    most ``tol``, ``max_iter`` steps, or stationarity: STALL_STEPS steps without a relative gain of
-    FLAT_RTOL * tol, after RESTARTS restarts (memory cleared) from the best point. Returns the
-    point (the first one at ``tol``; else, on the nonsmooth relaxation (``smooth`` False), the
-    best objective, and on a smooth problem the smallest error), iterations and whether
-    ``max_iter`` ended the run."""
-    opt = optax.lbfgs(memory_size=memory,
-                      linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=30))
-    value_and_grad = optax.value_and_grad_from_state(loss)
-    flat_tol = jnp.maximum(10 * jnp.finfo(dtype).eps, FLAT_RTOL * tol)
-    pick = lambda c, new, old: jax.tree_util.tree_map(  # noqa: E731
-        lambda u, v: jnp.where(c, u, v), new, old)
-
-    def body(c):
-        p, st, it, _, stall, prev, restarts, p_val, v_best, p_err, e_best = c
-        restart = stall >= STALL_STEPS
-        p, st = pick(restart, (p_val, opt.init(p_val)), (p, st))
-        stall, restarts = jnp.where(restart, 0, stall), restarts + restart
-        value, grad = value_and_grad(p, state=st)
-        upd, st = opt.update(grad, st, p, value=value, grad=grad, value_fn=loss)
-        p = optax.apply_updates(p, upd)
-        new = optax.tree_utils.tree_get(st, "value")
-        err = _error(optax.tree_utils.tree_get(st, "grad"))
-        better = new < prev - flat_tol * (1.0 + jnp.abs(prev))
-        kv, ke = new <= v_best, err <= e_best
-        return (p, st, it + 1, err, jnp.where(better, 0, stall + 1),
-                jnp.where(better, new, prev), restarts, pick(kv, p, p_val),
-                jnp.where(kv, new, v_best), pick(ke, p, p_err), jnp.where(ke, err, e_best))
-
-    def cond(c):
-        stalled = (c[4] >= STALL_STEPS) & (c[6] >= RESTARTS)
-        return (c[3] > tol) & ~stalled & (c[2] < max_iter)
-
-    inf = jnp.asarray(jnp.inf, dtype)
-    zero = jnp.array(0, jnp.int32)
-    v0 = loss(p0)
-    out = jax.lax.while_loop(cond, body, (p0, opt.init(p0), zero, inf, zero, v0, zero, p0, v0,
-                                          p0, inf))
-    done = out[10] <= tol
-    p = pick(done | smooth, out[9], out[7])
-    return p, out[2], ~done & (out[2] >= max_iter) & ~(out[4] >= STALL_STEPS)
-
-
 @functools.partial(jax.jit, static_argnames=("k", "formulation", "max_iter", "memory", "solver"))
 def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     geom, a, b, status, in_dtype = _checks.solve_dtype_and_weights(geom, a, b)
-    geom, finite, _, _ = _repair_geometry(geom)
+    geom, finite, _, _ = repair_geometry(geom)
     dtype = a.dtype
     n, m = geom.shape
     gamma = jnp.asarray(gamma, dtype)
@@ -274,11 +171,11 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     gt = jax.tree_util.tree_map(sg, live.transpose())
     a_s, b_s, gamma_s = sg(a), sg(b), sg(gamma)
     tol = jnp.asarray(tol, dtype)
-    loss = _make_loss(gt, a_s, b_s, gamma_s, k, formulation)
+    loss = _sparse_lbfgs.make_loss(gt, a_s, b_s, gamma_s, k, formulation)
     sigma, use_sigma, certified = None, jnp.array(False), jnp.array(True)
     zeros = (jnp.zeros((n,), dtype), jnp.zeros((m,), dtype))
-    lbfgs = functools.partial(_lbfgs, loss, tol=tol, dtype=dtype, max_iter=max_iter,
-                              memory=memory, smooth=k >= n)
+    lbfgs = functools.partial(_sparse_lbfgs.lbfgs, loss, tol=tol, dtype=dtype,
+                              max_iter=max_iter, memory=memory, smooth=k >= n)
     stall_code = jnp.asarray(Status.ROW_GAP if k < n else Status.STALLED, jnp.int32)
     if solver == "newton":  # semi-smooth Newton on the dual with continuation in gamma (k = n)
         alpha, beta, it, err, _, stalled = _qot_newton.solve(
@@ -311,7 +208,7 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     p = jax.tree_util.tree_map(lambda z: jnp.where(ok, z, 0.0), p)
     # value with envelope gradients: the solve is held fixed, C (or x, y), a, b, gamma stay live
     alpha = p if formulation == "semi-dual" else p[0]
-    cols = _kept(gt, alpha, k)
+    cols = _sparse_lbfgs.kept(gt, alpha, k)
     if sigma is not None:
         cols = Columns(jnp.where(use_sigma, sigma[:, None], cols.idx), None)
     live_t = live.transpose()
@@ -320,7 +217,7 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
     elif isinstance(live_t, CostMatrix):
         c_live = jnp.take_along_axis(live_t.cost_matrix, cols.idx, axis=1)
     else:
-        c_live = _kept(live_t, alpha, k).cost
+        c_live = _sparse_lbfgs.kept(live_t, alpha, k).cost
     cols = Columns(cols.idx, c_live)
     if formulation == "semi-dual":
         y, val = semi_dual_columns(alpha, Columns(cols.idx, sg(c_live)), b_s, gamma_s)
@@ -361,7 +258,7 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
 
 def _validate(fn, geom, a, b, gamma, tol, max_iter, formulation, memory, solver="lbfgs"):
     geom = as_geometry(geom, fn)
-    _validate_geometry_values(geom, fn)  # concrete NaN/inf costs or points raise
+    validate_geometry_values(geom, fn)  # concrete NaN/inf costs or points raise
     n, m = geom.shape
     dtype = jnp.dtype(jnp.float64 if geom.dtype == jnp.float64 else jnp.float32)
     if a is not None or b is not None:
