@@ -316,7 +316,11 @@ def as_geometry(geom, fn: str = "otreg") -> _Geometry:
     if isinstance(geom, _Geometry):
         return geom
     try:
-        return CostMatrix(geom)
+        C = float_array(geom, "geom", 2, fn)
+        if 0 in C.shape:
+            raise ValueError(f"empty cost matrix of shape {tuple(C.shape)}")
     except (TypeError, ValueError) as err:
         raise type(err)(f"{fn}: `geom` must be a CostMatrix, a PointCloud or an (n, m) cost "
                         f"array; got {type(geom).__name__} ({err}).") from None
+    check_finite(C, "geom", fn, "costs")  # a value fact: named as the caller passed it
+    return CostMatrix(C)

@@ -138,7 +138,7 @@ def test_bad_input_raises():
         otreg.sinkhorn(C, jnp.array([0.5, jnp.nan, 0.5, 0.0]))
     with pytest.raises(ValueError, match="balanced OT needs equal masses"):
         otreg.sinkhorn(C, jnp.ones(4) / 2)
-    with pytest.raises(ValueError, match="cost matrix contains NaN"):
+    with pytest.raises(ValueError, match="sinkhorn: `geom` contains NaN or inf"):
         otreg.sinkhorn(C.at[0, 0].set(jnp.inf))
     with pytest.raises(ValueError, match="unknown `mode`"):
         otreg.sinkhorn(C, mode="fast")
