@@ -316,8 +316,11 @@ def sinkhorn(
       check_every: sweeps between error checks (and ``progress`` reports).
       init: warm start ``(f, g)`` in cost units (e.g. a previous result's ``f, g``); with
         ``anneal=False`` it is always used.
-      progress: ``True`` prints ``(iteration, error, epsilon)`` every check via
-        ``jax.debug.callback``; a callable receives those three values instead.
+      progress: ``True`` prints ``(iteration, error, epsilon)`` after every accepted block via
+        ``jax.debug.callback``; a callable receives those three values (Python numbers)
+        instead. Opt-in: it is the only host callback in otreg, and host callbacks can
+        deadlock under JAX's asynchronous CPU dispatch (jax issue #25861); keep the callable
+        free of JAX calls. With ``progress=False`` (the default) the graph holds no callback.
       implicit_diff: how ``f``, ``g`` and everything built on them (``plan()``, ``apply()``)
         are differentiated. ``True``: implicitly (:mod:`otreg.implicit`, a conjugate-gradient
         solve in the backward pass, memory independent of the iteration count). ``False``:
