@@ -45,6 +45,7 @@ def test_math_primitives():
     assert float(_math.logsumexp(z, weights=w)) == pytest.approx(np.log(2 * np.e + np.exp(-1)))
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite under 10 min
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 12), m=st.integers(1, 12), bs=st.integers(1, 7),
        eps=st.floats(0.05, 5.0), seed=st.integers(0, 2**31 - 1))

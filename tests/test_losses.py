@@ -12,6 +12,7 @@ import otreg
 from otreg import losses
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite under 10 min
 def test_divergence_loss_batch_axes(rng):
     pred = jnp.asarray(rng.standard_normal((2, 3, 12, 2)), jnp.float32)
     target = jnp.asarray(rng.standard_normal((2, 3, 9, 2)) + 1, jnp.float32)

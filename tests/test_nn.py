@@ -95,6 +95,7 @@ def _target(rng, n):  # a shifted "banana": a smooth, non-Gaussian 2-D distribut
     return np.stack([1.5 + 0.8 * u, -1.0 + 0.4 * v + 0.4 * u ** 2], 1)
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite under 10 min
 def test_losses_in_jitted_nnx_steps(rng):
     model = _MLP(2, 2, nnx.Rngs(1))
     z = jnp.asarray(rng.normal(size=(2, 32, 2)), jnp.float32)  # batch of 2 point sets

@@ -230,6 +230,7 @@ def test_converges_in_both_dtypes_and_blocked(rng, dtype):
         jax.config.update("jax_enable_x64", previous)
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite under 10 min
 def test_jit_vmap_and_envelope_gradient(rng, x64):
     n, m = 15, 12
     C, a, b = _problem(rng, n, m, uniform=False)
@@ -280,6 +281,7 @@ def test_bad_input():
     assert int(out.status) == Status.MASS_MISMATCH and bool(jnp.isfinite(out.cost))
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite under 10 min
 def test_plans_figure(x64):
     pytest.importorskip("matplotlib")
     import matplotlib
