@@ -30,6 +30,7 @@ def _fd(fun, z, dz, h=1e-6):
     return (fun(z + h * dz) - fun(z - h * dz)) / (2 * h)
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite under 10 min
 @pytest.mark.parametrize("blocked", [False, True])
 def test_implicit_unrolled_fd_agree(rng, x64, blocked):
     n, m = 9, 7

@@ -117,6 +117,7 @@ def test_blocked_memory_has_no_n_by_m_buffer():
     assert mem.temp_size_in_bytes < nm_bytes / 4, mem.temp_size_in_bytes
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite under 10 min
 def test_jit_vmap_and_implicit_gradients(rng, x64):
     n, m, d = 12, 10, 2
     x, y, a, b = clouds(rng, n, m, d)

@@ -152,6 +152,7 @@ def test_quadratic_float32_floor_is_reported(rng):
     assert np.isfinite(np.asarray(res.plan())).all() and float(res.error) < 1e-2
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite under 10 min
 def test_sparse_cardinality_marginals_and_pot(rng, x64):
     n = m = 60
     C, a, b = _problem(rng, n, m)
