@@ -9,8 +9,7 @@
 
 The table is keyed by the public names: :func:`test_every_public_function_is_in_the_table` fails
 when a name enters ``__all__`` of ``otreg`` (or of ``otreg.losses``, ``transforms``, ``nn``,
-``costs``) without cases. Cases that fail because of a module owned elsewhere are marked
-``xfail(strict=True)`` with the module and the defect, to be unmarked when it is fixed.
+``costs``) without cases. No case is marked xfail: every one passes.
 """
 
 from __future__ import annotations
@@ -583,18 +582,8 @@ JITTED: list[JitCase] = [
       for c in (costs.sqeuclidean, costs.euclidean, costs.cosine)],
 ]
 
-# Cases that fail because of a module owned elsewhere (being fixed concurrently): unmark each
-# when its module is fixed (strict: an unexpected pass fails, so a fix cannot go unnoticed).
-XFAIL: dict[tuple[str, str, str], str] = {}
-
-
 def _params(cases, kind):
-    out = []
-    for c in cases:
-        reason = XFAIL.get((c.name, c.id, kind))
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        out.append(pytest.param(c, id=f"{c.name}-{c.id}", marks=marks))
-    return out
+    return [pytest.param(c, id=f"{c.name}-{c.id}") for c in cases]
 
 
 def test_every_public_function_is_in_the_table():
