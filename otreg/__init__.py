@@ -16,6 +16,28 @@ from otreg.univariate import wasserstein_1d
 
 __version__ = "0.1.0"
 
+_LAZY = {"nn": "flax", "plots": "matplotlib", "data": None}  # optional dependencies stay optional
+
+
+def __getattr__(name: str):
+    """``otreg.nn`` and ``otreg.plots`` (and ``otreg.data``) import on first use, so ``import
+    otreg`` does not need Flax or matplotlib."""
+    if name in _LAZY:
+        import importlib
+        try:
+            return importlib.import_module(f"otreg.{name}")
+        except ModuleNotFoundError as err:
+            extra = _LAZY[name]
+            if extra is None or err.name != extra:
+                raise
+            raise ModuleNotFoundError(f"otreg.{name} needs {extra}: pip install 'otreg[{extra}]'"
+                                      f" (or pip install {extra}).", name=extra) from err
+    raise AttributeError(f"module 'otreg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "CostMatrix",
     "DivergenceAux",
@@ -25,8 +47,11 @@ __all__ = [
     "SparseOTResult",
     "Status",
     "costs",
+    "data",
     "explain",
     "losses",
+    "nn",
+    "plots",
     "quadratic_ot",
     "sinkhorn",
     "sinkhorn_divergence",

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from otreg import _checks, implicit
 from otreg._math import safe_log
 from otreg._methods import choose_solver
+from otreg._repr import result_repr
 from otreg.geometry import PointCloud
 from otreg.sinkhorn import SinkhornResult
 from otreg.status import Status
@@ -53,6 +54,10 @@ class DivergenceAux(NamedTuple):
     converged: jax.Array
     n_iters: jax.Array
     status: jax.Array
+
+    def __repr__(self) -> str:
+        return result_repr("DivergenceAux", self,
+                           ("ot_xx", "ot_yy", "converged", "n_iters")) + f"\n  ot_xy={self.ot_xy!r}"
 
 
 def _symmetric_potential(geom, a, eps, tol, max_iter):

@@ -25,6 +25,7 @@ import numpy as np
 from otreg import _checks, implicit
 from otreg import _sinkhorn_loops as loops
 from otreg._geom_checks import repair_geometry, validate_geometry_values
+from otreg._repr import result_repr
 from otreg.geometry import CostMatrix, as_geometry
 from otreg.status import Status
 
@@ -66,6 +67,10 @@ class SinkhornResult(NamedTuple):
     b: jax.Array
     epsilon: jax.Array
     stats: Any = None
+
+    def __repr__(self) -> str:
+        return result_repr("SinkhornResult", self,
+                           ("cost", "converged", "n_iters", "error", "epsilon"))
 
     def plan(self) -> jax.Array:
         """The dense transport plan (n x m); materialises it, also for blocked geometries."""
@@ -113,6 +118,9 @@ class SolverStats(NamedTuple):
     n_newton: jax.Array
     n_cg: jax.Array
     n_fallback: jax.Array
+
+    def __repr__(self) -> str:
+        return result_repr("SolverStats", self, self._fields)
 
 
 class Prepared(NamedTuple):

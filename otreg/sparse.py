@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from otreg import _assignment, _checks, _qot_newton, _sparse_lbfgs
 from otreg._geom_checks import repair_geometry, validate_geometry_values
+from otreg._repr import result_repr
 from otreg._simplex import (
     Columns,
     dual_columns,
@@ -89,6 +90,10 @@ class SparseOTResult(NamedTuple):
     values: jax.Array
     a: jax.Array
     b: jax.Array
+
+    def __repr__(self) -> str:
+        return result_repr("SparseOTResult", self,
+                           ("primal", "cost", "converged", "n_iters", "error"))
 
     def plan_sparse(self) -> tuple[jax.Array, jax.Array]:
         """``(idx, values)``, both (m, k): column j's nonzeros are at rows ``idx[j]``."""

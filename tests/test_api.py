@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import otreg
@@ -32,3 +37,42 @@ def test_explain():
     assert "converged" in otreg.explain(0)
     with pytest.raises(ValueError, match="unknown status"):
         otreg.explain(99)
+
+
+def test_optional_modules_are_lazy_attributes():
+    code = ("import sys, otreg; assert 'flax' not in sys.modules and 'matplotlib' not in "
+            "sys.modules, 'import otreg pulled in an optional dependency'; "
+            "print(otreg.nn.SparseOTRouter.__name__, otreg.plots.sparse_plans_figure.__name__, "
+            "otreg.data.gaussians.__name__, 'nn' in dir(otreg))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["SparseOTRouter", "sparse_plans_figure", "gaussians", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        otreg.nope  # noqa: B018
+
+
+def test_result_reprs_are_short_and_informative():
+    rng = np.random.default_rng()
+    x = jnp.asarray(rng.normal(size=(40, 2)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(30, 2)) + 1, jnp.float32)
+    res = otreg.sinkhorn(otreg.PointCloud(x, y), epsilon=0.1, max_iter=5000)
+    text = repr(res)
+    assert len(text) < 250 and "\n" not in text, text
+    assert f"n_iters={int(res.n_iters)}" in text and "converged=" in text
+    assert text.startswith(f"SinkhornResult(cost={float(res.cost):.6g}")
+    assert "status=0 (converged)" in text
+    short = otreg.sinkhorn(otreg.PointCloud(x, y), epsilon=0.01, max_iter=3)
+    assert "status=1 (not converged)" in repr(short) and "converged=False" in repr(short)
+    batch = jax.vmap(lambda x: otreg.sinkhorn(otreg.PointCloud(x, y), epsilon=0.1))(
+        jnp.stack([x, 2 * x, 3 * x]))
+    assert len(repr(batch)) < 400 and "3/3 True" in repr(batch)
+    seen = []
+    jax.jit(lambda x: seen.append(repr(otreg.sinkhorn(otreg.PointCloud(x, y), epsilon=0.1)))
+            or 0.0)(x)
+    assert "<traced float32[]>" in seen[0]
+    val, aux = otreg.sinkhorn_divergence(x, y, epsilon=0.1)
+    assert len(repr(aux)) < 400 and "ot_xy=SinkhornResult(" in repr(aux)
+    sp = otreg.sparse_ot(otreg.PointCloud(x, y), k=2, gamma=0.1)
+    assert repr(sp).startswith(f"SparseOTResult(primal={float(sp.primal):.6g}")
+    assert len(repr(sp)) < 250
+    assert repr(res.stats).startswith("SolverStats(n_sinkhorn=")
