@@ -4,20 +4,33 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean
+CORE    := $(VENV)/.core
+
+.PHONY: demo test test-all notebooks bench lint clean
+
+# the demo needs otreg alone (jax, optax, numpy): no test tools, no Flax, no matplotlib
+$(CORE): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(CORE)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,cli]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,cli,notebooks]'
+	touch $(STAMP) $(CORE)
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(BIN)/otreg demo
 
+# the tests include the README's snippets and every notebook executed in small mode
 test: $(STAMP)
-	$(BIN)/ruff check otreg tests benchmarks
+	$(BIN)/ruff check otreg tests benchmarks notebooks
 	$(BIN)/python -m pytest -n auto
+
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/execute.py
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
@@ -30,7 +43,7 @@ bench: $(VENV)/.bench
 	bash benchmarks/run_sinkhorn.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check otreg tests benchmarks
+	$(BIN)/ruff check otreg tests benchmarks notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

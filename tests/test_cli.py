@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ import pytest
 
 import otreg
 from otreg import cli, data
+from otreg._progress import ProgressBar
 
 
 def test_demo_prints_table(capsys):
@@ -23,7 +26,8 @@ def test_demo_prints_table(capsys):
     assert len(sliced) == 2 and all(line.rstrip().endswith("n/a") for line in sliced)
     assign = [line for line in out.splitlines() if "assignment" in line]
     assert len(assign) == 2 and assign[1].startswith("sns") and assign[1].rstrip().endswith("True")
-    assert int(assign[1].split()[-3]) < int(assign[0].split()[-3])  # SNS: fewer iterations
+    assert int(assign[1].split()[-4]) < int(assign[0].split()[-4])  # SNS: fewer iterations
+    assert "first call of each solver compiles" in out
     sparse = [line for line in out.splitlines() if line.startswith(("quadratic_ot", "sparse_ot"))]
     assert len(sparse) == 2 and sparse[0].rstrip().endswith("True")
     # the k = 2 relaxation may stop with a row gap above tol: the demo prints the solver's own
@@ -37,9 +41,9 @@ def test_demo_prints_table(capsys):
     rows = [line for line in out.splitlines()
             if line.startswith("sinkhorn") and "assignment" not in line]
     assert len(rows) == 4 and all(line.rstrip().endswith("True") for line in rows)
-    values = {float(line.split()[-4]) for line in rows if "divergence" not in line}
+    values = {float(line.split()[-5]) for line in rows if "divergence" not in line}
     assert max(values) - min(values) < 1e-4 * max(values)
-    div = [float(line.split()[-4]) for line in rows if "divergence" in line][0]
+    div = [float(line.split()[-5]) for line in rows if "divergence" in line][0]
     assert 0 <= div < min(values)  # debiasing removes the entropic self-transport terms
 
 
@@ -116,3 +120,91 @@ def test_console_script_entry_point():
                          text=True, check=True).stdout
     assert "demo" in out and "distance" in out
     assert data.gaussians(5, d=3)[1].shape == (5, 3)
+
+
+def test_version():
+    out = subprocess.run([sys.executable, "-m", "otreg.cli", "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith(f"otreg {otreg.__version__} (jax {jax.__version__}")
+
+
+def _files(tmp_path, x, y):
+    px, py = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(px, x)
+    np.save(py, y)
+    return str(px), str(py)
+
+
+def test_distance_json(tmp_path, rng, capsys):
+    x, y = rng.standard_normal((40, 2)), rng.standard_normal((30, 2)) + 1
+    px, py = _files(tmp_path, x, y)
+    assert cli.main(["distance", px, py, "--epsilon", "0.5", "--json"]) == 0
+    out = capsys.readouterr()
+    rec = json.loads(out.out)
+    assert out.err == ""
+    res = otreg.sinkhorn(otreg.PointCloud(jnp.asarray(x, jnp.float32),
+                                          jnp.asarray(y, jnp.float32)), epsilon=0.5)
+    np.testing.assert_allclose(rec["value"], float(res.cost), rtol=1e-5)
+    assert rec["converged"] is True and rec["status"] == 0 and rec["error"] <= 1e-3
+    assert rec["n_iters"] == int(res.n_iters) and rec["method"] == "sinkhorn"
+    assert (rec["n"], rec["m"], rec["d"], rec["dtype"]) == (40, 30, 2, "float32")
+    assert set(rec["seconds"]) == {"compile", "solve", "total"}
+    assert 0 < rec["seconds"]["solve"] <= rec["seconds"]["total"]
+    # a result that is not converged says so, with the reason, and exits 1
+    assert cli.main(["distance", px, py, "--epsilon", "0.01", "--max-iter", "3", "--json"]) == 1
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["converged"] is False and rec["status"] == otreg.Status.MAX_ITER
+    assert rec["status_message"].startswith("not converged")
+    assert cli.main(["distance", px, py, "--method", "sliced", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["converged"] is None and rec["status"] is None and rec["n_iters"] == 128
+
+
+def test_sparse_and_quadratic_explain_non_convergence(tmp_path, rng, capsys):
+    x, y = rng.standard_normal((30, 2)), rng.standard_normal((30, 2)) + 1
+    px, py = _files(tmp_path, x, y)
+    for method in ("quadratic", "sparse"):
+        assert cli.main(["distance", px, py, "--method", method, "--max-iter", "2"]) == 1
+        err = capsys.readouterr().err
+        assert "converged=False" in err and "# status " in err and "not converged" in err
+
+
+def test_distance_rejects_nan_points(tmp_path, rng, capsys):
+    x = rng.standard_normal((10, 2))
+    x[3, 1] = np.nan
+    px, py = _files(tmp_path, x, rng.standard_normal((10, 2)))
+    assert cli.main(["distance", px, py]) == 2
+    assert "contains NaN or inf (row 3)" in capsys.readouterr().err
+
+
+def test_progress_plain_lines_when_not_a_terminal(tmp_path, rng, capsys):
+    x, y = rng.standard_normal((60, 2)), rng.standard_normal((60, 2)) + 1
+    px, py = _files(tmp_path, x, y)
+    assert cli.main(["distance", px, py, "--epsilon", "0.05", "--progress", "--tol", "1e-5"]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("sinkhorn: error")]
+    assert lines and "\r" not in err  # plain lines: no carriage returns in a log
+    assert "-> tol 1e-05" in lines[-1] and "sweeps" in lines[-1]
+    assert float(lines[-1].split()[2]) <= 1e-5  # the last line is the converged report
+
+
+def test_progress_bar_on_a_terminal_draws_and_estimates_time_left():
+    stream = io.StringIO()
+    bar = ProgressBar(1e-6, 10_000, stream=stream, tty=True)
+    err = 1e-1
+    for it in range(10, 230, 10):  # linear convergence: the error falls 10x per 40 sweeps
+        bar(it, err, 0.01)
+        err /= 10 ** 0.25
+    bar.close()
+    frames = stream.getvalue().split("\r")[1:]
+    assert len(frames) == 22 and stream.getvalue().endswith("\n")
+    assert frames[0].startswith("[" + "." * ProgressBar.WIDTH + "]")
+    assert frames[-1].startswith("[" + "#" * ProgressBar.WIDTH + "]")  # reached tol
+    assert "left" in frames[5]
+    assert bar.eta() is not None and bar.eta() < 1.0  # nothing left to do at tol
+    mid = ProgressBar(1e-6, 10_000, stream=io.StringIO(), tty=True)
+    for it, e in ((10, 1e-1), (20, 1e-2), (30, 1e-3)):
+        mid(it, e, 0.01)
+    h = mid.history
+    per_sweep = (h[-1][2] - h[0][2]) / 20
+    np.testing.assert_allclose(mid.eta(), 30 * per_sweep, rtol=1e-6)  # 3 decades at 10 sweeps
