@@ -44,7 +44,8 @@ def _status(v: Any) -> str:
     if arr is None:
         return _fmt(v)
     codes = np.unique(arr.astype(int).ravel())
-    words = [f"{c} ({Status.MESSAGES.get(int(c), 'unknown').split(':')[0]})" for c in codes]
+    words = [f"{c} ({Status.name(c) if int(c) in Status.MESSAGES else 'unknown'})"
+             for c in codes]
     return words[0] if arr.ndim == 0 else "{" + ", ".join(words) + "}"
 
 

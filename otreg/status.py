@@ -29,7 +29,8 @@ class Status:
     MESSAGES = {
         SUCCESS: "converged: the marginal error reached `tol`.",
         MAX_ITER: "not converged: `max_iter` was reached before the marginal error fell below "
-        "`tol`; raise `max_iter`, loosen `tol`, or raise `epsilon`.",
+        "`tol`; raise `max_iter`, loosen `tol`, or raise the regularisation (`epsilon` or "
+        "`gamma`).",
         NUMERICAL: "numerical breakdown: an iterate left the floating-point range and the solver "
         "stopped with the last finite potentials; use float64 or a larger `epsilon`.",
         MASS_MISMATCH: "invalid input: `a` and `b` have different total mass; `b` was rescaled to "
@@ -54,6 +55,16 @@ class Status:
         "was not a positive finite number; it was replaced by a safe positive value and the "
         "result does not answer the problem asked. Pass a positive finite value.",
     }
+
+
+    @classmethod
+    def name(cls, code) -> str:
+        """The constant's name for a code: ``Status.name(8) == "ROW_GAP"``."""
+        for key, value in vars(cls).items():
+            if key.isupper() and key != "MESSAGES" and value == int(code):
+                return key
+        raise ValueError(f"Status.name: unknown status code {int(code)}; known codes are "
+                         f"{sorted(cls.MESSAGES)}.")
 
 
 def explain(status) -> str:

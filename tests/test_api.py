@@ -37,6 +37,10 @@ def test_explain():
     assert "converged" in otreg.explain(0)
     with pytest.raises(ValueError, match="unknown status"):
         otreg.explain(99)
+    assert otreg.Status.name(8) == "ROW_GAP" and otreg.Status.name(0) == "SUCCESS"
+    assert all(getattr(otreg.Status, otreg.Status.name(c)) == c for c in otreg.Status.MESSAGES)
+    with pytest.raises(ValueError, match="unknown status"):
+        otreg.Status.name(99)
 
 
 def test_optional_modules_are_lazy_attributes():
@@ -60,9 +64,9 @@ def test_result_reprs_are_short_and_informative():
     assert len(text) < 250 and "\n" not in text, text
     assert f"n_iters={int(res.n_iters)}" in text and "converged=" in text
     assert text.startswith(f"SinkhornResult(cost={float(res.cost):.6g}")
-    assert "status=0 (converged)" in text
+    assert "status=0 (SUCCESS)" in text
     short = otreg.sinkhorn(otreg.PointCloud(x, y), epsilon=0.01, max_iter=3)
-    assert "status=1 (not converged)" in repr(short) and "converged=False" in repr(short)
+    assert "status=1 (MAX_ITER)" in repr(short) and "converged=False" in repr(short)
     batch = jax.vmap(lambda x: otreg.sinkhorn(otreg.PointCloud(x, y), epsilon=0.1))(
         jnp.stack([x, 2 * x, 3 * x]))
     assert len(repr(batch)) < 400 and "3/3 True" in repr(batch)

@@ -32,7 +32,8 @@ def test_readme_snippets_run_as_written(tmp_path):
     out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300,
                          cwd=tmp_path)
     print(out.stdout[-3000:], f"total {time.perf_counter() - t0:.1f} s")
-    assert out.returncode == 0, f"a README block failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    assert out.returncode == 0, \
+        f"a README block failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
     assert f"--- block {len(blocks()) - 1} took" in out.stdout
     assert not re.search(r"\bnan\b", out.stdout, re.I), out.stdout
     assert "converged=True" in out.stdout  # the first block's printed result
