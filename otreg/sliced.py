@@ -157,7 +157,12 @@ def _sliced(x, y, a, b, key, n_projections, control_variate, directions, squared
     if control_variate is not None:
         c, expect = _control_variate(control_variate, xp, yp, a, b, x, y)
         dc = c - jnp.mean(c)
-        gamma = jnp.mean((w - est) * dc) / (jnp.mean(dc * dc) + 1e-24)
+        var = jnp.mean(dc * dc)
+        # a variate with no spread at the estimate's precision carries no information: gamma = 0
+        # (unbiased), and the division is never done (its reverse-mode 1/var^2 would overflow)
+        scale = jax.lax.stop_gradient(jnp.abs(est) + jnp.sqrt(jnp.mean((w - est) ** 2)))
+        ok = var > jnp.finfo(var.dtype).eps * scale * scale
+        gamma = jnp.where(ok, jnp.mean((w - est) * dc) / jnp.where(ok, var, 1.0), 0.0)
         # any fixed gamma keeps the expectation; clipping bounds the damage of a wild estimate
         # from very few directions (at L = 2 an unclipped OLS slope can multiply the variance)
         gamma = jnp.clip(gamma, 0.0, GAMMA_MAX)

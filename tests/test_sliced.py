@@ -234,3 +234,27 @@ def test_bad_values_raise_or_give_nan(rng):
     assert np.isnan(sw(xn, a))
     with pytest.raises(ValueError, match="`x` contains NaN"):
         otreg.sliced_w2(xn, y)
+
+
+@pytest.mark.parametrize("cv", ["lower", "upper", None])
+def test_gradient_finite_when_the_variate_has_no_spread(rng, cv):
+    """Centred clouds make the lower variate (the squared mean gap) ~0 on every direction: its
+    regression coefficient must not divide by ~0 in reverse mode (a NaN gradient in float32)."""
+    x, y = rng.standard_normal((100, 3)), rng.standard_normal((100, 3))
+    x, y = jnp.asarray(x - x.mean(0), jnp.float32), jnp.asarray(y - y.mean(0), jnp.float32)
+    for target in (y, x):  # centred clouds, then identical ones
+        f = lambda x, t=target: otreg.sliced_w2(x, t, control_variate=cv,  # noqa: E731
+                                                key=jax.random.key(1), squared=True)
+        g = jax.grad(f)(x)
+        assert bool(jnp.all(jnp.isfinite(g))) and np.isfinite(float(f(x)))
+        if target is x:
+            np.testing.assert_allclose(np.asarray(g), 0.0, atol=1e-6)
+    # with a variate of real spread the coefficient is still used: lower variance than plain MC
+    shifted = y + jnp.asarray([2.0, 0.0, 0.0], jnp.float32)
+    keys = jax.random.split(jax.random.key(int(rng.integers(1 << 30))), 200)
+    est = jax.vmap(lambda k, cv=cv: otreg.sliced_w2(x, shifted, key=k, n_projections=16,
+                                                    control_variate=cv, squared=True))(keys)
+    plain = jax.vmap(lambda k: otreg.sliced_w2(x, shifted, key=k, n_projections=16,
+                                               control_variate=None, squared=True))(keys)
+    if cv is not None:
+        assert float(jnp.var(est)) < float(jnp.var(plain))
