@@ -183,6 +183,11 @@ def wasserstein_weight_decay(strength: float, *, prior_std: float
     of its rank, so the layer keeps its ordering while its histogram becomes Gaussian
     (``optax.add_decayed_weights`` pulls every weight to 0 instead). One sort per leaf and step.
     Leaves of fewer than 2 entries are left alone.
+
+    :math:`W_2^2` is a mean over the leaf's N entries, so the pull on each weight is
+    :math:`2\lambda/N` times its distance to its quantile: the same ``strength`` pulls a large
+    leaf's weights more weakly than a small one's. To match ``optax.add_decayed_weights(c)``
+    per weight on a leaf of N entries, use ``strength = c * N / 2``.
     """
     fn = "wasserstein_weight_decay"
     _checks.check_positive_float(strength, "strength", fn)
@@ -201,8 +206,8 @@ def wasserstein_weight_decay(strength: float, *, prior_std: float
             _checks.check_finite(w, "params", fn, "parameters")
             if w.size < 2:
                 return u
-            g = _gaussian_w2_grad(w.astype(jnp.promote_types(w.dtype, jnp.float32)),
-                                  jnp.asarray(prior_std, jnp.float32))
+            dt = jnp.promote_types(w.dtype, jnp.float32)
+            g = _gaussian_w2_grad(w.astype(dt), jnp.asarray(prior_std, dt))
             return u + strength * g.astype(u.dtype)
 
         return jax.tree_util.tree_map(one, updates, params), state
@@ -297,7 +302,13 @@ def project_transport(epsilon: float, *, a: jax.Array | None = None,
             status = jnp.where(ok, res.status, Status.NONFINITE_INPUT).astype(jnp.int32)
             found.append((status, res.error.astype(jnp.float32)))
             P0 = jnp.where(jnp.isfinite(P), P, 0).astype(dt)  # P + update = the projection
-            return (res.plan() - P0).astype(u.dtype)
+            # an entry the step shrinks below P's precision would round to exactly 0 in
+            # `apply_updates` (P + (P+ - P)), or underflow: keep it at >= 4 ulp of P and >= the
+            # smallest normal float, so P stays positive (the L1 mass this adds is at most
+            # 4 eps * sum(P) + n m tiny, far below `tol`)
+            info = jnp.finfo(jnp.result_type(P.dtype, u.dtype))
+            floor = jnp.maximum(4 * info.eps * P0, info.tiny)
+            return (jnp.maximum(res.plan(), floor) - P0).astype(u.dtype)
 
         out = jax.tree_util.tree_map(one, updates, params)
         status, error = _success(), jnp.zeros((), jnp.float32)

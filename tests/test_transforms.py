@@ -181,3 +181,21 @@ def test_each_transform_in_masked_chain_jit_once(rng, which):
         assert (P > 0).all()
         np.testing.assert_allclose(P.sum(0), 1 / n, atol=1e-4)
         np.testing.assert_allclose(P.sum(1), 1 / n, atol=1e-4)
+
+
+def test_project_transport_large_steps_keep_entries_positive(rng):
+    """A step that shrinks an entry past float32's precision must not round it to exactly 0 in
+    `apply_updates` (the next update would then reject the parameter)."""
+    n = 8
+    P = jnp.full((n, n), 1.0 / n, jnp.float32)
+    tx = transforms.project_transport(0.01, a=jnp.ones(n), b=jnp.ones(n))
+    state = tx.init(P)
+    G = jnp.asarray(rng.standard_normal((n, n)), jnp.float32)
+    for _ in range(6):
+        u, state = tx.update(-0.05 * G, state, P)
+        P = optax.apply_updates(P, u)
+        assert float(P.min()) > 0
+        assert int(state.status) in (otreg.Status.SUCCESS, otreg.Status.MAX_ITER)
+        for axis in (0, 1):  # still on the polytope, up to the projection's reported error
+            gap = float(jnp.abs(P.sum(axis) - 1).sum())
+            assert gap <= float(state.error) + 1e-4, (gap, float(state.error))
