@@ -27,7 +27,7 @@ demo: $(CORE)
 # the tests include the README's snippets and every notebook executed in small mode
 test: $(STAMP)
 	$(BIN)/ruff check otreg tests benchmarks notebooks
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 notebooks: $(STAMP)
 	$(BIN)/python notebooks/execute.py

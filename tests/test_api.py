@@ -74,9 +74,18 @@ def test_result_reprs_are_short_and_informative():
     jax.jit(lambda x: seen.append(repr(otreg.sinkhorn(otreg.PointCloud(x, y), epsilon=0.1)))
             or 0.0)(x)
     assert "<traced float32[]>" in seen[0]
-    val, aux = otreg.sinkhorn_divergence(x, y, epsilon=0.1)
+    # the other results share the formatter: built from fields (no solve, nothing to compile)
+    big = jnp.zeros((2000,))
+    aux = otreg.DivergenceAux(ot_xy=res, p=big, q=big, ot_xx=jnp.float32(0.5),
+                              ot_yy=jnp.float32(0.25), converged=jnp.bool_(True),
+                              n_iters=jnp.asarray([3, 4, 5]), status=jnp.int32(0))
     assert len(repr(aux)) < 400 and "ot_xy=SinkhornResult(" in repr(aux)
-    sp = otreg.sparse_ot(otreg.PointCloud(x, y), k=2, gamma=0.1)
-    assert repr(sp).startswith(f"SparseOTResult(primal={float(sp.primal):.6g}")
-    assert len(repr(sp)) < 250
+    assert "n_iters=[3, 4, 5]" in repr(aux) and "ot_xx=0.5" in repr(aux)
+    sp = otreg.SparseOTResult(cost=jnp.float32(1.5), primal=jnp.float32(1.25), alpha=big,
+                              beta=big, converged=jnp.bool_(False), n_iters=jnp.int32(7),
+                              error=jnp.float32(0.125), status=jnp.int32(8),
+                              idx=jnp.zeros((2000, 2), int), values=jnp.zeros((2000, 2)),
+                              a=big, b=big)
+    assert repr(sp) == ("SparseOTResult(primal=1.25, cost=1.5, converged=False, n_iters=7, "
+                        "error=0.125, status=8 (ROW_GAP))")
     assert repr(res.stats).startswith("SolverStats(n_sinkhorn=")

@@ -23,6 +23,7 @@ def _readme_clouds(rng, n, dtype):
             jnp.asarray(rng.standard_normal((n, 2)) + 1.0, dtype))
 
 
+@pytest.mark.slow  # ~35 s; test_every_method_float32_honest covers every method by default
 def test_every_method_readme_arguments_float64(rng, x64):
     """README: `otreg.sinkhorn_divergence(x, y, epsilon=1e-4, method="auto")` (auto picks SNS
     here), and the same for each method of sinkhorn_divergence and of the losses."""

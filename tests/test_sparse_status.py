@@ -101,7 +101,7 @@ def test_scale_invariance(rng, x64, k):
             np.testing.assert_allclose(float(res.cost), s * float(base.cost), rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
 def test_no_false_success(rng, dtype):
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", dtype == jnp.float64)
