@@ -127,6 +127,7 @@ def _fd(f, z, direction, h=1e-5):
     return (f(z + h * direction) - f(z - h * direction)) / (2 * h)
 
 
+@pytest.mark.slow  # ~50 s; divergence and sliced FD checks run by default in their modules
 def test_loss_gradients_match_finite_differences(rng, x64):
     """float64: the gradient of each (summed) loss along a random direction equals the central
     finite difference of the loss (envelope gradients are exact at convergence)."""

@@ -178,6 +178,7 @@ class _MoE(nnx.Module):
         return jnp.sum(weights * per_expert, -1), weights
 
 
+@pytest.mark.slow  # notebooks/04_sparse_ot_moe asserts this story by default
 def test_moe_toy_router_vs_softmax(rng):
     """A piecewise-linear target (the sign of x_0 picks the slope): the OT-routed MoE fits it
     and never loads an expert past its capacity; the softmax top-1 router does overload."""

@@ -39,7 +39,7 @@ def _run(group: str, devices: int = 1, async_dispatch: bool = True) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
-@pytest.mark.parametrize("async_dispatch", [True, False])
+@pytest.mark.parametrize("async_dispatch", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_single_device_one_core(async_dispatch):
     _run("single", devices=1, async_dispatch=async_dispatch)
 

@@ -116,6 +116,7 @@ def test_second_derivatives_match_finite_differences(rng, x64):
     np.testing.assert_allclose(jax.grad(ge)(0.3), _fd_grad(ge, 0.3, 1.0), rtol=1e-5)
 
 
+@pytest.mark.slow  # ~20 s; make test-all
 def test_sns_backward_uses_callers_cg_max_iter(rng, x64):
     """A capped backward CG (cg_max_iter=1) changes the implicit gradient: sns must pass the
     caller's value on (it used 1000) and give the same gradient as sinkhorn with that cap."""
@@ -166,7 +167,7 @@ def test_traced_bad_epsilon_reported(rng, solver):
     assert int(solve(jnp.float32(0.3)).status) == Status.SUCCESS
 
 
-@pytest.mark.parametrize("mode", ["kernel", "log", "sns"])
+@pytest.mark.parametrize("mode", ["kernel", "log", pytest.param("sns", marks=pytest.mark.slow)])
 def test_max_iter_is_a_hard_bound(rng, mode):
     x, y, a, b = clouds(rng, 30, 30, 2)
     C = jnp.asarray(sqdist(x, y) / 10, jnp.float32)
