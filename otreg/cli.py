@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -287,6 +288,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _enable_compilation_cache() -> None:
+    """Keep compiled solvers across invocations of the command (JAX's persistent compilation
+    cache in ``$OTREG_CACHE_DIR``, default ``~/.cache/otreg/jax``; ``OTREG_CACHE_DIR=`` (empty)
+    turns it off). Only the command does this: importing otreg never touches the global cache
+    setting of the user's own programs."""
+    path = os.environ.get("OTREG_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "otreg", "jax"))
+    if not path:
+        return
+    try:
+        import jax
+        os.makedirs(path, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    except (OSError, AttributeError):  # read-only home, or a JAX without the option: no cache
+        pass
+
+
+def entry() -> int:
+    """The console script: :func:`main` with the persistent compilation cache."""
+    _enable_compilation_cache()
+    return main()
+
+
 if __name__ == "__main__":
     np.set_printoptions(precision=4)
-    sys.exit(main())
+    sys.exit(entry())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -208,3 +209,17 @@ def test_progress_bar_on_a_terminal_draws_and_estimates_time_left():
     h = mid.history
     per_sweep = (h[-1][2] - h[0][2]) / 20
     np.testing.assert_allclose(mid.eta(), 30 * per_sweep, rtol=1e-6)  # 3 decades at 10 sweeps
+
+
+def test_console_script_keeps_compiled_solvers(tmp_path, rng):
+    """The command (not `import otreg`, not `cli.main`) uses JAX's persistent compilation cache:
+    a second invocation finds the compiled solver there."""
+    px, py = _files(tmp_path, rng.standard_normal((50, 2)), rng.standard_normal((40, 2)))
+    cache = tmp_path / "cache"
+    env = {**os.environ, "OTREG_CACHE_DIR": str(cache)}
+    runs = [json.loads(subprocess.run(
+        [sys.executable, "-m", "otreg.cli", "distance", px, py, "--epsilon", "0.5", "--json"],
+        capture_output=True, text=True, check=True, env=env).stdout) for _ in range(2)]
+    assert any(cache.iterdir()), "nothing was written to the compilation cache"
+    assert runs[0]["value"] == runs[1]["value"]
+    assert jax.config.jax_compilation_cache_dir in (None, "")  # this process: untouched
