@@ -1,10 +1,11 @@
 """Sliced W2: otreg vs POT vs OTT-JAX vs a plain NumPy project-and-sort, and control-variate
 variance ratios. Run pinned and single-threaded (see run_sinkhorn.sh for the environment).
 
-1. Time per call, n = 5000 (x ~ N(0, I), y ~ N(1, I)), uniform weights, for d and L given:
-   otreg (float32, in-graph integer-key sort), POT `ot.sliced_wasserstein_distance` (NumPy float64),
-   OTT `ott.tools.sliced.sliced_wasserstein` (float32), and the floor: NumPy float64 projection
-   and `np.sort` of both clouds. Values are compared (all estimate SW_2 from L directions).
+1. Time per call, n = 5000 (x ~ N(0, I), y ~ N(1, I)), uniform weights, for d and L given, in
+   each dtype of ``--dtypes`` (float32 and float64), every implementation in the same dtype:
+   otreg (in-graph integer-key sort), POT `ot.sliced_wasserstein_distance` (NumPy), OTT
+   `ott.tools.sliced.sliced_wasserstein`, and the floor: NumPy projection and `np.sort` of both
+   clouds. Values are compared (all estimate SW_2 from L directions).
 2. Variance ratio Var(plain MC) / Var(control variate) at L = 100 over `--keys` keys:
    anisotropic Gaussians in d = 3, 10 and 100, and sphere vs torus point clouds (n = 2048, 3-D);
    next to otreg's, the ratios of an independent NumPy implementation of the paper's estimator on
@@ -45,35 +46,38 @@ def timing(args):
     import ot
 
     import otreg
+    jax.config.update("jax_enable_x64", True)  # float32 arrays stay float32; float64 possible
     rng = np.random.default_rng(0)
-    print("## time per call, n = 5000 (ms, CPU)\n| d | L | otreg | POT | OTT | NumPy floor | "
-          "otreg/POT | otreg/floor | values otreg / POT / floor |\n|---|---|---|---|---|---|---|"
-          "---|---|", flush=True)
+    print("## time per call, n = 5000 (ms, CPU), every implementation in the row's dtype\n"
+          "| dtype | d | L | otreg | POT | OTT | NumPy floor | otreg/POT | otreg/floor | "
+          "values otreg / POT / floor |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for d in args.d:
-        x = rng.standard_normal((5000, d))
-        y = rng.standard_normal((5000, d)) + 1.0
-        xj, yj = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
-        for L in args.L:
-            f = jax.jit(lambda x, y, L=L: otreg.sliced_w2(x, y, key=jax.random.PRNGKey(0),
-                                                         n_projections=L))
-            t_ours = cpu_time(lambda f=f: jax.block_until_ready(f(xj, yj)))
-            v_ours = float(f(xj, yj))
-            t_pot = cpu_time(lambda L=L: ot.sliced_wasserstein_distance(x, y, n_projections=L,
-                                                                        seed=0), reps=3)
-            v_pot = ot.sliced_wasserstein_distance(x, y, n_projections=L, seed=0)
-            t_floor = cpu_time(lambda L=L: numpy_floor(x, y, L, np.random.default_rng(0)))
-            v_floor = numpy_floor(x, y, L, np.random.default_rng(0))
-            try:
-                from ott.tools import sliced as ott_sliced
-                g = jax.jit(lambda x, y, L=L: ott_sliced.sliced_wasserstein(
-                    x, y, n_proj=L, rng=jax.random.PRNGKey(0))[0])
-                t_ott = 1e3 * cpu_time(lambda g=g: jax.block_until_ready(g(xj, yj)), reps=3)
-                t_ott = f"{t_ott:.1f}"
-            except Exception as err:  # a peer failing must not stop the run
-                t_ott = f"failed ({type(err).__name__})"
-            print(f"| {d} | {L} | {1e3 * t_ours:.1f} | {1e3 * t_pot:.1f} | {t_ott} | "
-                  f"{1e3 * t_floor:.1f} | {t_ours / t_pot:.3f} | {t_ours / t_floor:.2f} | "
-                  f"{v_ours:.4f} / {v_pot:.4f} / {v_floor:.4f} |", flush=True)
+        x64 = rng.standard_normal((5000, d))
+        y64 = rng.standard_normal((5000, d)) + 1.0
+        for dtype in args.dtypes:
+            x, y = x64.astype(dtype), y64.astype(dtype)
+            xj, yj = jnp.asarray(x), jnp.asarray(y)
+            for L in args.L:
+                f = jax.jit(lambda x, y, L=L: otreg.sliced_w2(x, y, key=jax.random.PRNGKey(0),
+                                                             n_projections=L))
+                t_ours = cpu_time(lambda f=f: jax.block_until_ready(f(xj, yj)))
+                v_ours = float(f(xj, yj))
+                t_pot = cpu_time(lambda L=L: ot.sliced_wasserstein_distance(
+                    x, y, n_projections=L, seed=0), reps=3)
+                v_pot = ot.sliced_wasserstein_distance(x, y, n_projections=L, seed=0)
+                t_floor = cpu_time(lambda L=L: numpy_floor(x, y, L, np.random.default_rng(0)))
+                v_floor = numpy_floor(x, y, L, np.random.default_rng(0))
+                try:
+                    from ott.tools import sliced as ott_sliced
+                    g = jax.jit(lambda x, y, L=L: ott_sliced.sliced_wasserstein(
+                        x, y, n_proj=L, rng=jax.random.PRNGKey(0))[0])
+                    t_ott = 1e3 * cpu_time(lambda g=g: jax.block_until_ready(g(xj, yj)), reps=3)
+                    t_ott = f"{t_ott:.1f}"
+                except Exception as err:  # a peer failing must not stop the run
+                    t_ott = f"failed ({type(err).__name__})"
+                print(f"| {dtype} | {d} | {L} | {1e3 * t_ours:.1f} | {1e3 * t_pot:.1f} | {t_ott} "
+                      f"| {1e3 * t_floor:.1f} | {t_ours / t_pot:.3f} | {t_ours / t_floor:.2f} | "
+                      f"{v_ours:.4f} / {v_pot:.4f} / {v_floor:.4f} |", flush=True)
 
 
 def clouds(kind, rng):
@@ -182,6 +186,7 @@ def main():
     ap.add_argument("--d", type=int, nargs="+", default=[3, 64, 784])
     ap.add_argument("--L", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--keys", type=int, default=500)
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     ap.add_argument("--only", choices=["timing", "variance", "variance_L"], default=None)
     args = ap.parse_args()
     if args.only in (None, "timing"):
