@@ -60,8 +60,9 @@ class DivergenceAux(NamedTuple):
                            ("ot_xx", "ot_yy", "converged", "n_iters")) + f"\n  ot_xy={self.ot_xy!r}"
 
 
-def _symmetric_potential(geom, a, eps, tol, max_iter):
-    """Averaged fixed point of the symmetric problem OT(a, a); returns (p, ratio, it, err)."""
+def _symmetric_potential(geom, a, eps, tol, max_iter, p0=None):
+    """Averaged fixed point of the symmetric problem OT(a, a) from ``p0`` (default 0); returns
+    (p, ratio, it, err)."""
     log_a = safe_log(a)
 
     def transform(p):
@@ -77,7 +78,7 @@ def _symmetric_potential(geom, a, eps, tol, max_iter):
     def cond(s):
         return (s[3] > tol) & (s[2] < max_iter)
 
-    p0 = jnp.zeros_like(a)
+    p0 = jnp.zeros_like(a) if p0 is None else p0
     init = (p0, transform(p0), jnp.array(0), jnp.asarray(jnp.inf, a.dtype))
     p, tp, it, err = jax.lax.while_loop(cond, body, init)
     p = jnp.where(a > 0, p, tp)  # zero-weight atoms: their exact c-transform (ratio 1)
@@ -86,7 +87,7 @@ def _symmetric_potential(geom, a, eps, tol, max_iter):
 
 @functools.partial(jax.jit, static_argnames=("cost", "block_size", "max_iter", "sym_max_iter",
                                              "sinkhorn_kw", "solver"))
-def _divergence(x, y, a, b, epsilon, tol, *, cost, block_size, max_iter, sym_max_iter,
+def _divergence(x, y, a, b, epsilon, tol, init, *, cost, block_size, max_iter, sym_max_iter,
                 sinkhorn_kw, solver):
     sg = jax.lax.stop_gradient
     a, b, in_status = _checks.repair_weights(a, b)
@@ -102,19 +103,24 @@ def _divergence(x, y, a, b, epsilon, tol, *, cost, block_size, max_iter, sym_max
         bad_eps = ~(jnp.isfinite(eps) & (eps > 0))
         eps = jnp.where(bad_eps, eps_default(), eps)
     eps = sg(jnp.maximum(eps, jnp.finfo(x.dtype).tiny))
+    if init is not None:  # last step's potentials (no gradient flows into a starting point)
+        init = tuple(sg(jnp.where(jnp.isfinite(z), z, 0.0).astype(x.dtype)) for z in init)
     values, pots, iters, errs = [], [], [], []
-    for pts, w in ((x, a), (y, b)):
+    for k, (pts, w) in enumerate(((x, a), (y, b))):
         live = PointCloud(pts, pts, cost=cost, block_size=block_size).materialize()
         p, ratio, it, err = _symmetric_potential(jax.tree_util.tree_map(sg, live), sg(w), eps,
-                                                 tol, sym_max_iter)
+                                                 tol, sym_max_iter,
+                                                 None if init is None else init[2 + k])
         values.append(implicit.envelope_value(live, w, w, eps, p, p, ratio))
         pots.append(p)
         iters.append(it)
         errs.append(err)
     # warm start at the symmetric potentials: exact when x == y (where alternating Sinkhorn from
-    # zero crawls: its iteration map squares an eigenvalue near -1), close when x ~ y
-    ot_xy = solver(geom_xy, a, b, epsilon=eps, tol=tol, max_iter=max_iter,
-                   init=(pots[0], pots[1]), **dict(sinkhorn_kw))
+    # zero crawls: its iteration map squares an eigenvalue near -1), close when x ~ y; or at the
+    # caller's (f, g) from a previous step
+    start = (pots[0], pots[1]) if init is None else init[:2]
+    ot_xy = solver(geom_xy, a, b, epsilon=eps, tol=tol, max_iter=max_iter, init=start,
+                   **dict(sinkhorn_kw))
     value = ot_xy.cost - 0.5 * (values[0] + values[1])
     sym_ok = (errs[0] <= tol) & (errs[1] <= tol)
     status = jnp.where(ot_xy.status != Status.SUCCESS, ot_xy.status,
@@ -140,6 +146,7 @@ def sinkhorn_divergence(
     max_iter: int = 10_000,
     sym_max_iter: int = 1_000,
     method: str = "sinkhorn",
+    init: DivergenceAux | tuple | None = None,
     **sinkhorn_kw: Any,
 ) -> tuple[jax.Array, DivergenceAux]:
     r"""Debiased Sinkhorn divergence between weighted point clouds ``(x, a)`` and ``(y, b)``.
@@ -161,6 +168,12 @@ def sinkhorn_divergence(
       method: solver of the cross term: ``"sinkhorn"``, ``"sns"`` (:func:`~otreg.sns`, for small
         epsilon) or ``"auto"`` (SNS when epsilon and the points are concrete and
         ``max C / epsilon >= 1000``; Sinkhorn otherwise, e.g. under ``jit``).
+      init: a warm start: the ``aux`` of a previous call (e.g. the last training step, whose
+        clouds moved a little), or a tuple ``(f, g, p, q)`` of potentials of shapes (n,), (m,),
+        (n,), (m,). The three solves start there instead of at 0 (and the cross term does not
+        anneal); the solution, and so the value and its gradients, are those of the problem
+        asked (up to ``tol``); only the number of iterations changes. Keep ``aux`` (a pytree of
+        arrays) in your training state to carry it across ``jit``-compiled steps.
       **sinkhorn_kw: passed to the cross-term solver (``mode``,
         ``check_every``, ...). The cross term is warm-started at the symmetric potentials
         ``(p, q)`` (so it does not anneal): exact when ``x == y``.
@@ -184,7 +197,7 @@ def sinkhorn_divergence(
     _checks.check_positive_float(tol, "tol", fn)
     max_iter = _checks.check_positive_int(max_iter, "max_iter", fn)
     sym_max_iter = _checks.check_positive_int(sym_max_iter, "sym_max_iter", fn)
-    for bad in ("geom", "init", "epsilon", "tol", "max_iter", "anneal"):
+    for bad in ("geom", "epsilon", "tol", "max_iter", "anneal"):
         if bad in sinkhorn_kw:
             raise TypeError(f"{fn}: `{bad}` cannot be passed through **sinkhorn_kw.")
     if block_size is not None:
@@ -192,6 +205,26 @@ def sinkhorn_divergence(
     PointCloud(x[:1], y[:1], cost=cost)  # validates `cost` eagerly
     solver = choose_solver(method, PointCloud(x, y, cost=cost, block_size=block_size), epsilon,
                            fn)
-    return _divergence(x, y, a, b, epsilon, tol, cost=cost, block_size=block_size,
+    init = _check_init(init, x.shape[0], y.shape[0], dtype, fn)
+    return _divergence(x, y, a, b, epsilon, tol, init, cost=cost, block_size=block_size,
                        max_iter=max_iter, sym_max_iter=sym_max_iter,
                        sinkhorn_kw=tuple(sorted(sinkhorn_kw.items())), solver=solver)
+
+
+def _check_init(init, n: int, m: int, dtype, fn: str):
+    """``init`` as a tuple ``(f, g, p, q)`` of float arrays of shapes (n,), (m,), (n,), (m,)."""
+    if init is None:
+        return None
+    if isinstance(init, DivergenceAux):
+        init = (init.ot_xy.f, init.ot_xy.g, init.p, init.q)
+    if not (isinstance(init, (tuple, list)) and len(init) == 4):
+        raise TypeError(f"{fn}: `init` must be the `aux` of a previous call or a tuple "
+                        f"(f, g, p, q), got {type(init).__name__}.")
+    out = []
+    for name, z, size in zip(("f", "g", "p", "q"), init, (n, m, n, m), strict=True):
+        z = _checks.float_array(z, f"init.{name}", 1, fn)
+        if z.shape != (size,):
+            raise ValueError(f"{fn}: `init.{name}` must have shape ({size},) for these points, "
+                             f"got {z.shape}; pass the aux of a call on clouds of the same sizes.")
+        out.append(z.astype(dtype))
+    return tuple(out)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import ot
+import pytest
 from conftest import clouds, sqdist
 
 import otreg
@@ -95,3 +96,33 @@ def test_no_nan_degenerate(rng):
         val, g = jax.value_and_grad(
             lambda x, y=y, eps=eps: otreg.sinkhorn_divergence(x, y, a, epsilon=eps)[0])(x)
         assert bool(jnp.isfinite(val)) and bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_warm_start_same_answer_fewer_iterations(rng, x64):
+    """`init=aux` of a previous step: same value and gradient (float64, tol 1e-9), fewer
+    iterations along a gradient flow, carried through jit as a pytree; bad `init` raises."""
+    x = jnp.asarray(rng.standard_normal((60, 2)))
+    y = jnp.asarray(rng.standard_normal((50, 2)) * 0.5 + 2.0)
+
+    def loss(x, init):
+        return otreg.sinkhorn_divergence(x, y, epsilon=0.05, tol=1e-9, init=init)
+
+    step = jax.jit(lambda x, init: jax.value_and_grad(loss, has_aux=True)(x, init))
+    cold = jax.jit(lambda x: jax.value_and_grad(lambda x: loss(x, None), has_aux=True)(x))
+    (_, aux), _ = cold(x)
+    n_cold = n_warm = 0
+    for _ in range(8):
+        (vc, ac), gc = cold(x)
+        (vw, aw), gw = step(x, aux)
+        assert bool(ac.converged) and bool(aw.converged)
+        np.testing.assert_allclose(float(vw), float(vc), rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(np.asarray(gw), np.asarray(gc), rtol=1e-5, atol=1e-9)
+        n_cold, n_warm = n_cold + int(ac.n_iters.sum()), n_warm + int(aw.n_iters.sum())
+        x, aux = x - 20.0 * gc, aw
+    assert n_warm < n_cold, (n_warm, n_cold)
+    tup = (aux.ot_xy.f, aux.ot_xy.g, aux.p, aux.q)
+    np.testing.assert_allclose(float(loss(x, tup)[0]), float(loss(x, aux)[0]), rtol=1e-12)
+    with pytest.raises(ValueError, match="init.g"):
+        loss(x, (aux.ot_xy.f, aux.ot_xy.f, aux.p, aux.q))
+    with pytest.raises(TypeError, match="init"):
+        loss(x, (aux.ot_xy.f, aux.ot_xy.g))
