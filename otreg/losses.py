@@ -61,7 +61,8 @@ def _flat_map(fn, batch_shape, *arrays):
     flat = [None if z is None else z.reshape((size,) + z.shape[len(batch_shape):])
             for z in arrays]
     axes = [None if z is None else 0 for z in flat]
-    return jax.vmap(fn, in_axes=axes)(*flat).reshape(batch_shape)
+    out = jax.vmap(fn, in_axes=axes)(*flat)
+    return jax.tree_util.tree_map(lambda z: z.reshape(batch_shape + z.shape[1:]), out)
 
 
 def _point_sets(pred, target, fn):
@@ -92,8 +93,10 @@ def sinkhorn_divergence_loss(
     target_weights: jax.Array | None = None,
     cost: Any = "sqeuclidean",
     block_size: int | None = None,
+    init: tuple | None = None,
+    return_potentials: bool = False,
     **kwargs: Any,
-) -> jax.Array:
+) -> jax.Array | tuple[jax.Array, tuple]:
     r"""Debiased Sinkhorn divergence between point sets, per example.
 
     Args:
@@ -103,11 +106,16 @@ def sinkhorn_divergence_loss(
         example. Fix it for a loss that is comparable across steps.
       pred_weights, target_weights: ``(..., n)`` / ``(..., m)`` weights (None = uniform).
       cost, block_size, **kwargs: passed to :func:`otreg.sinkhorn_divergence`.
+      init: warm start, the potentials ``(f, g, p, q)`` of shapes ``(..., n)``, ``(..., m)``,
+        ``(..., n)``, ``(..., m)`` returned by a previous call with ``return_potentials=True``
+        (e.g. the last training step: keep them in the training state). Same values and
+        gradients, fewer iterations (:func:`otreg.sinkhorn_divergence`, ``init``).
+      return_potentials: also return those potentials, for the next call's ``init``.
 
     Returns:
       ``(...)``: :math:`S_\varepsilon` of each example (see :func:`otreg.sinkhorn_divergence`);
       gradients by the envelope theorem. NaN for an example with bad input under ``jit``
-      (module doc).
+      (module doc). With ``return_potentials=True``: ``(values, (f, g, p, q))``.
     """
     fn = "sinkhorn_divergence_loss"
     pred, target, batch = _point_sets(pred, target, fn)
@@ -121,15 +129,29 @@ def sinkhorn_divergence_loss(
             _checks.float_array(w, name, None, fn)
             _checks.check_weight_vector(w, name, fn)
     _checks.check_epsilon(epsilon, fn)
+    if init is not None:
+        if not (isinstance(init, (tuple, list)) and len(init) == 4):
+            raise TypeError(f"{fn}: `init` must be the tuple (f, g, p, q) returned with "
+                            f"return_potentials=True, got {type(init).__name__}.")
+        n, m = pred.shape[-2], target.shape[-2]
+        for name, z, size in zip("fgpq", init, (n, m, n, m), strict=True):
+            if jnp.shape(z) != batch + (size,):
+                raise ValueError(f"{fn}: `init` entry {name} must have shape "
+                                 f"{batch + (size,)}, got {jnp.shape(z)}.")
+    f0, g0, p0, q0 = (None,) * 4 if init is None else init
 
-    def one(x, y, a, b):
+    def one(x, y, a, b, f0, g0, p0, q0):
         okx, x = _finite(x)
         oky, y = _finite(y)
         val, aux = sinkhorn_divergence(x, y, a, b, epsilon=epsilon, cost=cost,
-                                       block_size=block_size, **kwargs)
-        return _flag(~(okx & oky) | _input_problem(aux.status), val)
+                                       block_size=block_size,
+                                       init=None if f0 is None else (f0, g0, p0, q0), **kwargs)
+        return (_flag(~(okx & oky) | _input_problem(aux.status), val),
+                (aux.ot_xy.f, aux.ot_xy.g, aux.p, aux.q))
 
-    return _flat_map(one, batch, pred, target, pred_weights, target_weights)
+    values, pots = _flat_map(one, batch, pred, target, pred_weights, target_weights,
+                             f0, g0, p0, q0)
+    return (values, pots) if return_potentials else values
 
 
 def sliced_w2_loss(
