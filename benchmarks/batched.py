@@ -1,9 +1,12 @@
 """Batches: ``jit(vmap(sinkhorn))`` against a Python loop of the jitted single solve, and OTT-JAX.
 
-Three problems (float32, squared Euclidean cost, L1 marginal tol 1e-3 for every solver):
+Problems (float32, squared Euclidean cost, L1 marginal tol 1e-3 for every solver):
   raw-256: 32 clouds of (256, 3), raw cost, eps = 0.01;
   raw-64:  512 clouds of (64, 3), raw cost, eps = 0.01;
-  easy-64: 512 clouds of (64, 2), cost / max, eps = 0.05 (the regime where vmap always won).
+  easy-64: 512 clouds of (64, 2), cost / max, eps = 0.05 (the regime where vmap always won);
+  raw-128: 128 clouds of (128, 3), raw cost, eps = 0.01 (the size where the CPU batching path
+           of otreg changes);
+  raw-32:  1024 clouds of (32, 3), raw cost, eps = 0.01.
 Rows: otreg vmap, otreg loop, OTT vmap (lse_mode True, its default, and False), with the OTT
 ``min_iterations = max_iterations`` trick left off (our users should not need it). Times are
 medians of process-CPU seconds after compilation; each row reports the largest relative gap of
@@ -22,7 +25,8 @@ sys.path.insert(0, "benchmarks")
 from _timing import timeit_cpu  # noqa: E402
 
 PROBLEMS = {"raw-256": (32, 256, 3, 0.01, False), "raw-64": (512, 64, 3, 0.01, False),
-            "easy-64": (512, 64, 2, 0.05, True)}
+            "easy-64": (512, 64, 2, 0.05, True), "raw-128": (128, 128, 3, 0.01, False),
+            "raw-32": (1024, 32, 3, 0.01, False)}
 TOL = 1e-3
 
 
@@ -65,7 +69,12 @@ def main() -> None:
                                5, 60)
         t_vmap, _ = timeit_cpu(lambda: jax.block_until_ready(vm(Cj)), 5, 60)
         gap = np.max(np.abs(plan_costs(jax.vmap(lambda r: r.plan())(res), C) - ref) / ref)
-        print(f"## {name}: {B} problems of {C.shape[1]} x {C.shape[2]}, eps {eps}")
+        from otreg import _sinkhorn_loops as loops
+        n = C.shape[1]
+        path = ("one by one (lax.map)" if n * n >= loops.SEQUENTIAL_MIN_SIZE
+                else f"lockstep chunks of {loops.LOCKSTEP_CHUNK}")
+        print(f"## {name}: {B} problems of {n} x {C.shape[2]}, eps {eps}; otreg vmap on CPU: "
+              f"{path}")
         iters = np.array([int(r.n_iters) for r in singles])
         print(f"otreg loop of jit(sinkhorn): {1e3 * t_loop:9.1f} ms  iterations mean "
               f"{iters.mean():.0f} max {iters.max()}  converged "

@@ -12,8 +12,13 @@ in float64 from its returned plan: L1 marginal error and <P, C>, and the relativ
 Timing: after compilation, ``block_until_ready``, median of `--reps` runs (wall and process CPU
 time). Run pinned and single-threaded, as benchmarks/run_sinkhorn.sh does.
 
+OTT-JAX runs in each of its modes as its own row: ``ott_geom`` (log domain, its default),
+``ott_kernel`` (``lse_mode=False``), ``ott_momentum`` (adaptive over-relaxation, Lehmann's rule)
+and ``ott_anderson`` (Anderson acceleration); otreg as ``otreg`` (default: annealing and
+over-relaxation), ``otreg_plain`` (``accelerate=False``) and ``otreg_noanneal``.
+
 Usage: python benchmarks/sinkhorn.py f32|f64 [--n 500 2000] [--d 2 64] [--eps 0.05 0.005]
-       [--blocked] [--libs otreg ott_geom ott_pc pot pot_log]
+       [--libs otreg otreg_plain ott_geom ott_kernel ott_momentum ott_anderson pot ...]
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ import time
 import numpy as np
 
 TOL = {"f32": 1e-5, "f64": 1e-6}
+# OTT-JAX on the cost matrix: its default (log domain), its kernel mode, its adaptive momentum
+# (Lehmann et al. 2021's rule, estimated once at iteration 20) and Anderson acceleration (memory 5)
+OTT_MODES = ("ott_geom", "ott_kernel", "ott_momentum", "ott_anderson")
 
 
 def problem(n, d, seed=0):
@@ -148,7 +156,7 @@ def main():
 
 def run(lib, jax, jnp, otreg, dt, npdt, xj, yj, Cj, C, a, eps, tol, args, ott_iters, cmax):
     n = C.shape[0]
-    if lib in ("otreg", "otreg_noanneal", "otreg_pc"):
+    if lib in ("otreg", "otreg_noanneal", "otreg_plain", "otreg_pc"):
         if lib == "otreg_pc":
             geom_args = (xj, yj)
 
@@ -158,20 +166,26 @@ def run(lib, jax, jnp, otreg, dt, npdt, xj, yj, Cj, C, a, eps, tol, args, ott_it
             geom_args = (Cj,)
             make = otreg.CostMatrix
         anneal = lib != "otreg_noanneal"
+        accelerate = lib != "otreg_plain"
 
         def solve(*g):  # the public call as users write it (jitted inside, inputs validated)
             return otreg.sinkhorn(make(*g), epsilon=eps, tol=tol, anneal=anneal,
-                                  max_iter=20_000)
+                                  accelerate=accelerate, max_iter=20_000)
         out = jax.block_until_ready(solve(*geom_args))
         wall, cpu, out = timeit(lambda: jax.block_until_ready(solve(*geom_args)), args.reps)
         return wall, cpu, int(out.n_iters), np.asarray(out.plan())
-    if lib in ("ott_geom", "ott_pc"):
+    if lib in OTT_MODES or lib == "ott_pc":
         from ott.geometry import geometry, pointcloud
         from ott.problems.linear import linear_problem
+        from ott.solvers.linear import acceleration
         from ott.solvers.linear import sinkhorn as ott_sinkhorn
-        solver = ott_sinkhorn.Sinkhorn(threshold=tol, max_iterations=20_000, norm_error=1,
-                                       inner_iterations=10, lse_mode=True)
-        if lib == "ott_geom":
+        extra = {"ott_kernel": dict(lse_mode=False),
+                 "ott_momentum": dict(momentum=acceleration.Momentum(start=20)),
+                 "ott_anderson": dict(anderson=acceleration.AndersonAcceleration(memory=5))}
+        solver = ott_sinkhorn.Sinkhorn(**{**dict(threshold=tol, max_iterations=20_000,
+                                                 norm_error=1, inner_iterations=10,
+                                                 lse_mode=True), **extra.get(lib, {})})
+        if lib != "ott_pc":
             geom_args = (Cj,)
 
             def make(C):

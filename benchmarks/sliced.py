@@ -1,17 +1,28 @@
 """Sliced W2: otreg vs POT vs OTT-JAX vs a plain NumPy project-and-sort, and control-variate
-variance ratios. Run pinned and single-threaded (see run_sinkhorn.sh for the environment).
+variance ratios. Run pinned and single-threaded: ``bash benchmarks/run_sliced.sh``.
 
-1. Time per call, n = 5000 (x ~ N(0, I), y ~ N(1, I)), uniform weights, for d and L given, in
-   each dtype of ``--dtypes`` (float32 and float64), every implementation in the same dtype:
-   otreg (in-graph integer-key sort), POT `ot.sliced_wasserstein_distance` (NumPy), OTT
-   `ott.tools.sliced.sliced_wasserstein`, and the floor: NumPy projection and `np.sort` of both
-   clouds. Values are compared (all estimate SW_2 from L directions).
-2. Variance ratio Var(plain MC) / Var(control variate) at L = 100 over `--keys` keys:
-   anisotropic Gaussians in d = 3, 10 and 100, and sphere vs torus point clouds (n = 2048, 3-D);
-   next to otreg's, the ratios of an independent NumPy implementation of the paper's estimator on
-   the same data (a statistical check: over 500 keys a ratio has about 9% relative error).
+1. ``timing``: time per call, n = 5000 (x ~ N(0, I), y ~ N(1, I)), uniform weights, for d and L
+   given, in each dtype of ``--dtypes`` (float32 and float64), every implementation in the same
+   dtype: otreg (in-graph integer-key sort), POT `ot.sliced_wasserstein_distance` (NumPy; given
+   directions drawn in the row's dtype inside the timed call, since POT's own are float64 and
+   would promote float32 clouds), OTT `ott.tools.sliced.sliced_wasserstein`, and the floor: NumPy
+   projection and `np.sort` of both clouds. Values are compared (all estimate SW_2 from L
+   directions).
+2. ``variance``: variance ratio Var(plain MC) / Var(control variate) at L = 100 over `--keys`
+   keys: anisotropic Gaussians in d = 3, 10 and 100, and sphere vs torus point clouds
+   (n = 2048, 3-D); next to otreg's, the ratios of an independent NumPy implementation of the
+   paper's estimator on the same data (a statistical check: over 500 keys a ratio has about 9%
+   relative error).
+3. ``to1pct``: time to a 1% relative std of SW_2^2, measured only: on the data of 2. (same
+   draws), in ``--to1-dtype`` for both libraries, for each estimator (POT plain MC; otreg plain,
+   lower, upper) the relative std over ``--to1-keys`` independent keys (POT: seeds) at each L of
+   ``--to1-L`` in increasing order, stopping at the first L whose relative std is <= 1%; that L
+   is then timed (CPU, one call). If no L of the grid reaches 1%: "not reached at L <= max", with
+   the relative std and the time of one call at the largest L.
+4. ``variance_L``: relative std of SW_2^2 over keys at L = 2, 10, 100, 1000.
 
 Usage: python benchmarks/sliced.py [--d 3 64 784] [--L 10 100 1000] [--keys 500]
+       [--only timing to1pct]
 """
 
 from __future__ import annotations
@@ -40,10 +51,18 @@ def numpy_floor(x, y, L, rng):
     return np.sqrt(np.mean((xp - yp) ** 2))
 
 
+def pot_sw(x, y, L, rng):
+    """POT's SW_2 with L uniform directions drawn by ``rng`` in x's dtype (POT draws its own in
+    float64, which promotes float32 clouds to float64)."""
+    import ot
+    theta = rng.standard_normal((x.shape[1], L)).astype(x.dtype)
+    theta /= np.linalg.norm(theta, axis=0, keepdims=True)
+    return ot.sliced_wasserstein_distance(x, y, projections=theta)
+
+
 def timing(args):
     import jax
     import jax.numpy as jnp
-    import ot
 
     import otreg
     jax.config.update("jax_enable_x64", True)  # float32 arrays stay float32; float64 possible
@@ -62,9 +81,8 @@ def timing(args):
                                                              n_projections=L))
                 t_ours = cpu_time(lambda f=f: jax.block_until_ready(f(xj, yj)))
                 v_ours = float(f(xj, yj))
-                t_pot = cpu_time(lambda L=L: ot.sliced_wasserstein_distance(
-                    x, y, n_projections=L, seed=0), reps=3)
-                v_pot = ot.sliced_wasserstein_distance(x, y, n_projections=L, seed=0)
+                t_pot = cpu_time(lambda L=L: pot_sw(x, y, L, np.random.default_rng(0)), reps=3)
+                v_pot = pot_sw(x, y, L, np.random.default_rng(0))
                 t_floor = cpu_time(lambda L=L: numpy_floor(x, y, L, np.random.default_rng(0)))
                 v_floor = numpy_floor(x, y, L, np.random.default_rng(0))
                 try:
@@ -78,6 +96,9 @@ def timing(args):
                 print(f"| {dtype} | {d} | {L} | {1e3 * t_ours:.1f} | {1e3 * t_pot:.1f} | {t_ott} "
                       f"| {1e3 * t_floor:.1f} | {t_ours / t_pot:.3f} | {t_ours / t_floor:.2f} | "
                       f"{v_ours:.4f} / {v_pot:.4f} / {v_floor:.4f} |", flush=True)
+
+
+DATA = ("gauss3", "gauss10", "gauss100", "sphere_torus", "sphere_torus_shifted")
 
 
 def clouds(kind, rng):
@@ -121,42 +142,89 @@ def prototype_ratios(x, y, L, keys, rng):
 
 
 def variance(args):
+    """Var(plain MC) / Var(CV) of SW_2^2 at L = 100 over ``--keys`` keys, otreg in float32, next
+    to the NumPy prototype's ratios (float64) on the same data."""
     import jax
     import jax.numpy as jnp
 
     import otreg
     rng = np.random.default_rng(1)
     keys = jax.random.split(jax.random.PRNGKey(2), args.keys)
-    import ot
-    print(f"## Var(plain MC) / Var(control variate), SW_2^2, L = 100, {args.keys} keys; time to "
-          "a 1% relative std (L needed = 100 (rel. std / 0.01)^2, times the measured time per "
-          "projection of one call at L = 100)\n"
-          "| data | plain MC rel. std | lower | upper | NumPy prototype lower / upper | "
-          "ms to 1%: POT (plain) | otreg plain | otreg lower | otreg upper | POT / best otreg |"
-          "\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
-    for kind in ("gauss3", "gauss10", "gauss100", "sphere_torus", "sphere_torus_shifted"):
+    print(f"## Var(plain MC) / Var(control variate), SW_2^2, L = 100, {args.keys} keys\n"
+          "| data | plain MC rel. std | lower | upper | NumPy prototype lower / upper |\n"
+          "|---|---|---|---|---|", flush=True)
+    for kind in DATA:
         xn, yn = clouds(kind, rng)
         x, y = (jnp.asarray(z, jnp.float32) for z in (xn, yn))
-        est, per_call = {}, {}
+        est = {}
         for cv in (None, "lower", "upper"):
             f = jax.jit(jax.vmap(lambda k, cv=cv: otreg.sliced_w2(
                 x, y, key=k, n_projections=100, control_variate=cv, squared=True)))
             est[cv] = np.asarray(f(keys), np.float64)
-            g = jax.jit(lambda x, y, cv=cv: otreg.sliced_w2(
-                x, y, key=jax.random.PRNGKey(0), n_projections=100, control_variate=cv))
-            per_call[cv] = cpu_time(lambda g=g: jax.block_until_ready(g(x, y)))
-        t_pot = cpu_time(lambda: ot.sliced_wasserstein_distance(xn, yn, n_projections=100),
-                         reps=3)
         plain = est[None].var()
         proto = prototype_ratios(xn, yn, 100, args.keys, np.random.default_rng(5))
-        need = {cv: 100 * (v.std() / v.mean() / 0.01) ** 2 for cv, v in est.items()}
-        to1 = {cv: 1e3 * per_call[cv] * need[cv] / 100 for cv in est}
-        pot1 = 1e3 * t_pot * need[None] / 100
         print(f"| {kind} | {est[None].std() / est[None].mean():.3f} | "
               f"{plain / est['lower'].var():.1f} | {plain / est['upper'].var():.1f} | "
-              f"{proto[0]:.1f} / {proto[1]:.1f} | "
-              f"{pot1:.1f} | {to1[None]:.1f} | {to1['lower']:.2f} | {to1['upper']:.2f} | "
-              f"{pot1 / min(to1.values()):.0f} |", flush=True)
+              f"{proto[0]:.1f} / {proto[1]:.1f} |", flush=True)
+
+
+def to_one_percent(args):
+    """Time to a 1% relative std of SW_2^2, measured (module doc, part 3): no extrapolation."""
+    import jax
+    import jax.numpy as jnp
+
+    import otreg
+    jax.config.update("jax_enable_x64", True)  # float32 arrays stay float32
+    dtype, K, grid = args.to1_dtype, args.to1_keys, sorted(args.to1_L)
+    rng = np.random.default_rng(1)  # the data of variance(): same generator, same order
+    print(f"## time to a 1% relative std of SW_2^2, measured: rel. std (ddof 1) over {K} "
+          f"independent keys at each L of {grid} (up to the first L <= 1%; the std itself has "
+          f"~{100 / np.sqrt(2 * (K - 1)):.0f}% relative error), then CPU ms of one call at that L; "
+          f"{dtype} for POT and otreg; cell: ms at L (rel. std there)\n"
+          "| data | POT plain | otreg plain | otreg lower | otreg upper | POT / best otreg |\n"
+          "|---|---|---|---|---|---|", flush=True)
+
+    def otreg_fns(x, y, cv, L):
+        one = jax.jit(lambda k: otreg.sliced_w2(x, y, key=k, n_projections=L,
+                                                control_variate=cv, squared=True))
+        batch = max(1, min(K, int(4e6 // (L * max(x.shape[0], y.shape[0])))))
+        many = jax.jit(lambda ks: jax.lax.map(one, ks, batch_size=batch))
+        return one, many
+
+    for kind in DATA:
+        xn, yn = (z.astype(dtype) for z in clouds(kind, rng))
+        x, y = jnp.asarray(xn), jnp.asarray(yn)
+        cells, times, reached = [], {}, {}
+        for name in ("POT plain", "otreg plain", "otreg lower", "otreg upper"):
+            cv = None if name.endswith("plain") else name.split()[1]
+            for L in grid:
+                if name.startswith("POT"):
+                    v = np.array([pot_sw(xn, yn, L, np.random.default_rng((7, L, s))) ** 2
+                                  for s in range(K)], np.float64)
+                    call = lambda L=L: pot_sw(xn, yn, L, np.random.default_rng(0))  # noqa: E731
+                    reps = 3
+                else:
+                    one, many = otreg_fns(x, y, cv, L)
+                    keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(8), L), K)
+                    v = np.asarray(many(keys), np.float64)
+                    call = lambda one=one: jax.block_until_ready(  # noqa: E731
+                        one(jax.random.PRNGKey(0)))
+                    reps = 7
+                rel = v.std(ddof=1) / v.mean()
+                if rel <= 0.01:
+                    break
+            times[name], reached[name] = 1e3 * cpu_time(call, reps=reps), rel <= 0.01
+            cells.append(f"{times[name]:.2f} at L = {L} ({rel:.4f})" if reached[name] else
+                         f"not reached at L <= {L} ({rel:.3f}; {times[name]:.1f} at L = {L})")
+        ours = [t for k, t in times.items() if k.startswith("otreg") and reached[k]]
+        pot = times["POT plain"]
+        if not ours:
+            ratio = "n/a (otreg not reached)"
+        elif reached["POT plain"]:
+            ratio = f"{pot / min(ours):.0f}x"
+        else:  # POT needs L > max: more than its time at max
+            ratio = f"> {pot / min(ours):.0f}x (POT not reached)"
+        print(f"| {kind} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
 
 
 def variance_vs_L(args):
@@ -187,14 +255,16 @@ def main():
     ap.add_argument("--L", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--keys", type=int, default=500)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
-    ap.add_argument("--only", choices=["timing", "variance", "variance_L"], default=None)
+    ap.add_argument("--to1-dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--to1-keys", type=int, default=100)
+    ap.add_argument("--to1-L", type=int, nargs="+", default=[2, 5, 10, 20, 50, 100, 200, 500, 1000])
+    parts = ["timing", "variance", "to1pct", "variance_L"]
+    ap.add_argument("--only", nargs="+", choices=parts, default=parts)
     args = ap.parse_args()
-    if args.only in (None, "timing"):
-        timing(args)
-    if args.only in (None, "variance"):
-        variance(args)
-    if args.only in (None, "variance_L"):
-        variance_vs_L(args)
+    for part, fn in zip(parts, (timing, variance, to_one_percent, variance_vs_L),
+                        strict=True):
+        if part in args.only:
+            fn(args)
 
 
 if __name__ == "__main__":

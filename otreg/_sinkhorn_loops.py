@@ -349,29 +349,34 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
         K = pb.geom.kernel(s.f, s.g, eps, a, b)
         one_n, one_m = jnp.ones_like(a), jnp.ones_like(b)
 
-        def scale(x, other, omega):  # relaxed update x^(1 - omega) / other^omega; 1 / other at 1
-            return jnp.where(omega == 1.0, 1.0 / other,
-                             x * jnp.exp(-omega * jnp.log(x * other)))
+        def sweeps(relaxed):
+            """A block of sweeps; ``relaxed``: over-relaxed by omega (two more transcendental
+            passes over u and v per sweep), else plain (u = 1 / r)."""
+            def scale(x, other, omega):
+                return x * jnp.exp(-omega * jnp.log(x * other)) if relaxed else 1.0 / other
+
+            def run(n, K, a, b, omega, c):
+                def sweep(_, c):
+                    u, v, r, sv, rmin, rmax, smin, smax = c
+                    u = scale(u, r, omega)
+                    sv = jnp.matmul(a * u, K)
+                    v = scale(v, sv, omega)
+                    r = jnp.matmul(K, b * v)
+                    return (u, v, r, sv, jnp.minimum(rmin, jnp.min(r)),
+                            jnp.maximum(rmax, jnp.max(r)), jnp.minimum(smin, jnp.min(sv)),
+                            jnp.maximum(smax, jnp.max(sv)))
+                return jax.lax.fori_loop(0, n, sweep, c)
+            return run
 
         def inner_body(st: _Inner):
             u, v, r = st.u, st.v, st.r
             omega = jnp.where(st.outer.stage >= pb.n_stages, st.outer.omega, 1.0).astype(dtype)
             rmin, rmax = jnp.min(r), jnp.max(r)
             smin, smax = jnp.asarray(jnp.inf, dtype), jnp.asarray(0.0, dtype)
-
-            def sweep(_, c):
-                u, v, r, sv, rmin, rmax, smin, smax = c
-                u = scale(u, r, omega)
-                sv = jnp.matmul(a * u, K)
-                v = scale(v, sv, omega)
-                r = jnp.matmul(K, b * v)
-                return (u, v, r, sv, jnp.minimum(rmin, jnp.min(r)),
-                        jnp.maximum(rmax, jnp.max(r)), jnp.minimum(smin, jnp.min(sv)),
-                        jnp.maximum(smax, jnp.max(sv)))
-
             n = block_length(pb, st.outer.stage, check_every, st.outer.it, max_iter)
-            u, v, r, sv, rmin, rmax, smin, smax = jax.lax.fori_loop(
-                0, n, sweep, (u, v, r, 1.0 / v, rmin, rmax, smin, smax))
+            u, v, r, sv, rmin, rmax, smin, smax = batch_cond(
+                omega == 1.0, sweeps(False), sweeps(True), n, K, a, b, omega,
+                (u, v, r, 1.0 / v, rmin, rmax, smin, smax))
             ratio = u * r
             err = _row_error(a, ratio) + _row_error(b, v * sv)
             hard = ~(jnp.isfinite(err) & (rmin > hard_lo) & (rmax < hard_hi)

@@ -31,7 +31,13 @@ from otreg.status import Status
 
 __all__ = ["sinkhorn", "SinkhornResult", "SolverStats"]
 
-ANNEAL_MIN_RATIO = 100.0  # anneal only when max(C) / epsilon exceeds this
+# anneal only when max(C) / epsilon exceeds this: in float32 above 100, in float64 above 700 (just
+# under 708, where exp(-max(C) / epsilon) underflows and the kernel path would need log-domain
+# blocks). Measured 2026-12-02 with over-relaxation (benchmarks/RESULTS.md, "Annealing"): at
+# max(C) / epsilon = 200 annealing is 1.25-1.6x faster in float32 at d = 64 (the kernel underflows
+# there, exp(-200) < 1e-38) but 1.15-1.5x slower in float64 (its stages only add sweeps).
+ANNEAL_MIN_RATIO = 100.0
+ANNEAL_MIN_RATIO_F64 = 700.0
 INIT_KEEP_TOL = 1.0  # with anneal=True, a warm start is kept when its L1 error is below this
 
 
@@ -166,10 +172,12 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
     n_stages = jnp.array(0, jnp.int32)
     if anneal:
         # stages eps / decay^k, k = n_stages..0, the largest one not above max(C); only when
-        # max(C) / eps > ANNEAL_MIN_RATIO (above that Sinkhorn from zero has a slow first phase)
+        # max(C) / eps above the dtype's threshold (ANNEAL_MIN_RATIO*: where the kernel from zero
+        # potentials underflows)
         ratio = sg(max_cost()) / eps
         n_stages = jnp.floor(jnp.log(ratio) / np.log(1.0 / decay))
-        n_stages = jnp.where(ratio > ANNEAL_MIN_RATIO, jnp.clip(n_stages, 0, 64), 0)
+        threshold = ANNEAL_MIN_RATIO_F64 if dtype == jnp.float64 else ANNEAL_MIN_RATIO
+        n_stages = jnp.where(ratio > threshold, jnp.clip(n_stages, 0, 64), 0)
         n_stages = n_stages.astype(jnp.int32)
     if init is not None:
         fi, gi = (jax.lax.stop_gradient(jnp.asarray(z, dtype)) for z in init)
@@ -319,9 +327,10 @@ def sinkhorn(
       tol: target L1 marginal error; default 1e-3 in float32, 1e-6 in float64.
       max_iter: most Sinkhorn sweeps (all stages; the last block may overrun by less than
         ``check_every``).
-      anneal: when ``max(C) / epsilon > 100``, geometric epsilon decay from ``max(C)`` down to
+      anneal: when ``max(C) / epsilon`` exceeds 100 in float32 or 700 in float64 (where the
+        kernel from zero potentials underflows), geometric epsilon decay from ``max(C)`` down to
         ``epsilon`` by ``anneal_decay`` per stage, each stage warm-started and run one sweep at a
-        time until its error is below 0.1, the last one to ``tol`` at ``epsilon`` (the result
+        time until its error is below 0.01, the last one to ``tol`` at ``epsilon`` (the result
         is the target-epsilon solution). With ``init``: the warm start is kept when its L1
         marginal error is below 1 (of at most 4), otherwise the solve anneals from zero.
       check_every: sweeps between error checks (and ``progress`` reports).
