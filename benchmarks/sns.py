@@ -17,13 +17,21 @@ is then a lower bound (marked ">").
 Timing: after compilation, block_until_ready, median process CPU time of up to --reps runs (one
 run past --budget seconds). Run pinned and single-threaded: benchmarks/run_sinkhorn.sh shows how.
 
+Seeds (``--seeds 0 1 2``): the random problems (assignment, cloud) are drawn once per seed and
+each row reports the median over seeds with the min-max in brackets (``--per-seed`` adds one row
+per seed); the grids are deterministic and run once. A capped or unconverged seed makes the
+ratio a lower bound (">"); 'reached' counts the seeds within 1.5 tol. regot's rows are skipped,
+with a note, where regot is not installed.
+
 Usage: python benchmarks/sns.py [--problems assignment grid-L2 grid-L1 cloud] [--tol 1e-8 1e-11]
-       [--f32] [--libs otreg_sns otreg_sinkhorn ott ott_anderson pot_log regot_ssns regot_sn]
+       [--seeds 0 1 2] [--per-seed] [--f32]
+       [--libs otreg_sns otreg_sinkhorn ott ott_anderson pot_log regot_ssns regot_sn]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -46,25 +54,25 @@ def grid_problem(metric):
     return C / C.max(), a / a.sum(), b / b.sum()
 
 
-def problems(names, eps_cloud):
+def problems(names, eps_cloud, seed=0):
+    """(label, C, a, b, eps) of each named problem; random ones drawn with ``seed`` (the grids
+    are deterministic: every seed gives the same grid problem)."""
     for name in names:
         if name == "assignment":
-            rng = np.random.default_rng(0)
+            rng = np.random.default_rng(seed)
             C = rng.uniform(size=(500, 500))
             yield "assignment n=500", C, np.full(500, 1 / 500), np.full(500, 1 / 500), 1 / 1200
         elif name.startswith("grid-"):
             C, a, b = grid_problem(name[5:])
             yield f"{name} n=784", C, a, b, 1e-3
         elif name == "cloud":
-            rng = np.random.default_rng(0)
+            rng = np.random.default_rng(seed)
             n, d = 2000, 64
             x, y = rng.standard_normal((n, d)), rng.standard_normal((n, d)) + 1.0
             C = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T
             C = np.maximum(C, 0) / C.max()
             for eps in eps_cloud:
                 yield f"cloud n={n} d={d}", C, np.full(n, 1 / n), np.full(n, 1 / n), eps
-
-
 
 
 def l1_error(P, a, b):
@@ -128,11 +136,22 @@ def run(lib, C, a, b, eps, tol, dtype, args):
     raise ValueError(lib)
 
 
+def spread(values, fmt):
+    """``median (min-max)`` of one value per seed (just the value for a single seed)."""
+    med = statistics.median(values)
+    if len(values) == 1 or min(values) == max(values):
+        return format(med, fmt)
+    return f"{format(med, fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--problems", nargs="+", default=["assignment", "grid-L2", "grid-L1", "cloud"])
     p.add_argument("--tol", nargs="+", type=float, default=[1e-8, 1e-11])
     p.add_argument("--eps-cloud", nargs="+", type=float, default=[1e-2, 1e-3, 1e-4])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="draws of the random problems (assignment, cloud); the grids are fixed")
+    p.add_argument("--per-seed", action="store_true", help="also print one row per seed")
     p.add_argument("--f32", action="store_true")
     p.add_argument("--libs", nargs="+", default=list(LIBS))
     p.add_argument("--keep", type=int, default=10)
@@ -148,26 +167,53 @@ def main():
         jax.config.update("jax_enable_x64", True)
     dtype = np.float32 if args.f32 else np.float64
     tols = [1e-4] if args.f32 else args.tol
+    libs = list(args.libs)
+    if any(lib.startswith("regot") for lib in libs):
+        try:
+            import regot  # noqa: F401
+        except ImportError:
+            print("# regot is not installed (pip install regot): its rows are skipped")
+            libs = [lib for lib in libs if not lib.startswith("regot")]
+    if args.f32:
+        libs = [lib for lib in libs if not lib.startswith("regot")]  # regot is float64 only
     print(f"# SNS benchmark, {'float32' if args.f32 else 'float64'}, keep={args.keep}, "
-          f"{time.strftime('%Y-%m-%d')}")
+          f"seeds {args.seeds}, {time.strftime('%Y-%m-%d')}; per solver the median over seeds "
+          "(min-max) of the median CPU time, iterations and error; 'reached': seeds within "
+          "1.5 tol; ratio: median time / median otreg SNS time")
     print("| problem | eps | tol | solver | iterations | CG products | CPU time (s) | "
-          "L1 error reached | time / otreg SNS |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, C, a, b, eps in problems(args.problems, args.eps_cloud):
+          "L1 error reached | reached | time / otreg SNS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    draws = {}  # label, eps -> [(seed, C, a, b)] over the seeds (one entry for a fixed problem)
+    for seed in args.seeds:
+        for name, C, a, b, eps in problems(args.problems, args.eps_cloud, seed):
+            runs = draws.setdefault((name, eps), [])
+            if name.startswith("grid-") and runs:
+                continue  # deterministic: the same problem for every seed
+            runs.append((seed, C, a, b))
+    for (name, eps), runs in draws.items():
         for tol in tols:
             base = None
-            for lib in args.libs:
-                if args.f32 and lib.startswith("regot"):
-                    continue  # regot is float64 only
-                cpu, it, cg, P = run(lib, C, a, b, eps, tol, dtype, args)
-                err = l1_error(P, a, b)
-                ok = err <= 1.5 * tol
+            for lib in libs:
+                cpus, its, cgs, errs = [], [], [], []
+                for seed, C, a, b in runs:
+                    cpu, it, cg, P = run(lib, C, a, b, eps, tol, dtype, args)
+                    err = l1_error(P, a, b)
+                    cpus.append(cpu), its.append(it), errs.append(err)
+                    if cg is not None:
+                        cgs.append(cg)
+                    if args.per_seed and len(runs) > 1:
+                        print(f"| {name} seed {seed} | {eps:.3g} | {tol:.0e} | {lib} | {it} | "
+                              f"{'' if cg is None else cg} | {cpu:.3f} | {err:.1e} | "
+                              f"{int(err <= 1.5 * tol)}/1 | |", flush=True)
+                ok = sum(e <= 1.5 * tol for e in errs)
+                med = statistics.median(cpus)
                 if lib == "otreg_sns":
-                    base = cpu
-                ratio = "" if base is None else f"{'' if ok else '>'}{cpu / base:.1f}"
-                print(f"| {name} | {eps:.3g} | {tol:.0e} | {lib} | {it} | "
-                      f"{'' if cg is None else cg} | {cpu:.3f} | {err:.1e}"
-                      f"{'' if ok else ' (not reached)'} | {ratio} |", flush=True)
+                    base = med
+                ratio = "" if base is None else \
+                    f"{'' if ok == len(runs) else '>'}{med / base:.1f}"
+                print(f"| {name} | {eps:.3g} | {tol:.0e} | {lib} | {spread(its, 'd')} | "
+                      f"{spread(cgs, 'd') if cgs else ''} | {spread(cpus, '.3f')} | "
+                      f"{spread(errs, '.1e')} | {ok}/{len(runs)} | {ratio} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ per row, where a cold start needs >100 globalised steps):
   stages stop at a loose marginal error.
 * **ELL Hessian**: the active entries are the positive ones among the ``keep`` largest of each
   row (ranked in float32, exact diagonals), so the Schur-complement CG of
-  :func:`otreg.newton.solve_ell` costs O(n keep) per product instead of a dense pass over the
+  :func:`otreg._ell.solve_ell` costs O(n keep) per product instead of a dense pass over the
   n x m mask. Every other quantity (gradient, dual, counts, the top-k) comes from one fused pass
   over C in row blocks of ``BLOCK_ROWS`` (separate XLA reductions over the rows and the columns
   of a 4M-entry matrix are 6x slower than one blocked pass on CPU).
@@ -36,10 +36,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from otreg._ell import EllHessian, solve_ell
 from otreg._math import cg
 from otreg._simplex import simplex_threshold
 from otreg.geometry import _pad_rows
-from otreg.newton import EllHessian, solve_ell
 
 ARMIJO = 1e-4
 LAM0, LAM_UP, LAM_DOWN, LAM_MIN, LAM_MAX = 0.1, 4.0, 0.25, 1e-8, 1e8
@@ -162,7 +162,7 @@ def first_gamma(C, a, b, gamma):
 
 
 def _solve_dense(sigma, dr, dc, rf, rg, rtol, max_iter):
-    """As :func:`otreg.newton.solve_ell` with the dense scaled mask ``sigma`` (n, m)."""
+    """As :func:`otreg._ell.solve_ell` with the dense scaled mask ``sigma`` (n, m)."""
     inv_r = 1.0 / dr
     s_diag = jnp.maximum(dc - (inv_r @ (sigma * sigma)), jnp.finfo(dc.dtype).tiny)
     v, k = cg(lambda v: dc * v - (inv_r * (sigma @ v)) @ sigma, rg - (inv_r * rf) @ sigma,

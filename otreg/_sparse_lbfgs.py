@@ -97,6 +97,10 @@ def lbfgs(loss, p0, tol, dtype, *, max_iter, memory, smooth):
         p, st = pick(restart, (p_val, opt.init(p_val)), (p, st))
         stall, restarts = jnp.where(restart, 0, stall), restarts + restart
         value, grad = value_and_grad(p, state=st)
+        # the first step's value is the objective at p0 (the state holds none yet): the
+        # reference values start there (no separate evaluation before the loop: compile time)
+        first = it == 0
+        prev, v_best = jnp.where(first, value, prev), jnp.where(first, value, v_best)
         upd, st = opt.update(grad, st, p, value=value, grad=grad, value_fn=loss)
         p = optax.apply_updates(p, upd)
         new = optax.tree_utils.tree_get(st, "value")
@@ -113,8 +117,8 @@ def lbfgs(loss, p0, tol, dtype, *, max_iter, memory, smooth):
 
     inf = jnp.asarray(jnp.inf, dtype)
     zero = jnp.array(0, jnp.int32)
-    v0 = loss(p0)
-    out = jax.lax.while_loop(cond, body, (p0, opt.init(p0), zero, inf, zero, v0, zero, p0, v0,
+    # the reference values (previous and best objective) are set by the first step
+    out = jax.lax.while_loop(cond, body, (p0, opt.init(p0), zero, inf, zero, inf, zero, p0, inf,
                                           p0, inf))
     done = out[10] <= tol
     p = pick(done | smooth, out[9], out[7])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -74,18 +75,38 @@ def _sinkhorn_rows(x, y, epsilon):
                    n_iters=100, status=False)
 
 
-def _sns_rows(n=300, seed=0, tol=1e-5):
-    """The SNS paper's random assignment problem (C uniform on [0, 1], eps = 1/1200), float32,
-    to ``tol`` = 1e-5: at 1e-4 plain Sinkhorn is still faster here (418 sweeps, 5.8 ms vs SNS's
-    24 iterations, 8.9 ms; one pinned core), at 1e-5 SNS is (25 iterations, 8.4 ms vs 2768
-    sweeps, 32 ms)."""
+SNS_N, SNS_TOL = 200, 1e-6  # the SNS showcase rows (see _sns_rows)
+
+
+def _sns_rows(n=SNS_N, seed=0, tol=SNS_TOL):
+    """SNS's showcase: the SNS paper's random assignment problem (C uniform on [0, 1],
+    eps = 1/1200) in float64 to ``tol`` = 1e-6, both solvers with their defaults, then what
+    ``method="auto"`` picks here and why (otreg._methods). Here plain Sinkhorn spends its
+    10,000 sweeps without reaching 1e-6 (0.12-0.15 s) and SNS converges in 39 iterations
+    (7-8 ms; ``otreg demo --n 200`` pinned to one core, two runs, 2026-12-02);
+    benchmarks/auto_rule.py has where each solver wins (Sinkhorn: float32, tol 1e-3, or a plan
+    that is not sparse)."""
+    import jax
     import jax.numpy as jnp
 
     import otreg
-    C = jnp.asarray(np.random.default_rng(seed).uniform(size=(n, n)), jnp.float32)
-    for name, solver in (("sinkhorn", otreg.sinkhorn), ("sns (Sinkhorn-Newton-Sparse)", otreg.sns)):
-        res, *t = _timed(lambda solver=solver: solver(C, epsilon=1 / 1200, tol=tol))
-        yield _row(f"{name}, assignment n={n} eps=1/1200 tol={tol:g}", res, t)
+    from otreg._methods import auto_reason, choose_solver
+    eps = 1 / 1200
+    x64 = functools.partial(jax.enable_x64, True)  # these rows only: the caller's setting stays
+    with x64():
+        C = jnp.asarray(np.random.default_rng(seed).uniform(size=(n, n)), jnp.float64)
+    label = f"assignment n={n} eps=1/1200 f64 tol={tol:g}"
+    for name, solver in (("sinkhorn", otreg.sinkhorn), ("sns", otreg.sns)):
+        with x64():
+            res, *t = _timed(lambda solver=solver: solver(C, epsilon=eps, tol=tol))
+        yield _row(f"{name}, {label}", res, t)
+    with x64():
+        _, why = auto_reason(C, eps, tol=tol)
+        solver = choose_solver("auto", C, eps, "otreg demo", tol=tol)
+        res, *t = _timed(lambda: solver(C, epsilon=eps, tol=tol))
+    rec = _row(f"auto -> {solver.__name__}, {label}", res, t)
+    rec["auto"] = {"picks": solver.__name__, "reason": why}
+    yield rec
 
 
 def _sparse_rows(x, y, n=300, gamma=0.1):
@@ -129,13 +150,17 @@ def demo(args) -> int:
             print(json.dumps(r), flush=True)
         return 0
     print(f"otreg demo on {jax.default_backend()}: x ~ N(0, I), y ~ N(1, I), n = m = {args.n}, "
-          f"d = {args.d}, cost = squared Euclidean / max, epsilon = {args.epsilon}, float32.\n"
+          f"d = {args.d}, cost = squared Euclidean / max, epsilon = {args.epsilon}, float32 "
+          "(the SNS rows: their own problem, float64).\n"
           "The first call of each solver compiles it (a few seconds, shown as 'first call'); "
           "'time' is a second call, compiled.", flush=True)
     print(_line([c for c, _ in COLUMNS]))
     print(_line(["-" * w for _, w in COLUMNS]), flush=True)
     for r in rows:
         print(_table_row(r), flush=True)
+        if "auto" in r:
+            print(f"  ^ method='auto' picks {r['auto']['picks']}: {r['auto']['reason']}",
+                  flush=True)
     return 0
 
 
@@ -209,7 +234,8 @@ def distance(args) -> int:
         rec = _row(args.method, res, (tc, tr), value=res.primal)
         extra = f" gamma={args.gamma}" + (f" k={args.k}" if args.method == "sparse" else "")
     else:
-        solver = choose_solver(args.method, geom_of(xj, yj), args.epsilon, "otreg distance")
+        solver = choose_solver(args.method, geom_of(xj, yj), args.epsilon, "otreg distance",
+                               tol=args.tol)
         bar = None
         if args.progress:
             tol = args.tol if args.tol is not None else (1e-6 if args.x64 else 1e-3)
@@ -261,8 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("y")
     t.add_argument("--method", choices=["sinkhorn", "sns", "auto", "sliced", "sparse", "quadratic"],
                    default="sinkhorn",
-                   help="entropic OT by Sinkhorn or Sinkhorn-Newton-Sparse (auto: SNS when "
-                   "epsilon <= max cost / 1000), sliced W2, sparsity-constrained OT (--k) or "
+                   help="entropic OT by Sinkhorn or Sinkhorn-Newton-Sparse (auto: SNS in "
+                   "float64 at tol <= 1e-4 when epsilon <= max cost / 300 and the plan is "
+                   "sparse, else Sinkhorn), sliced W2, sparsity-constrained OT (--k) or "
                    "quadratic-regularised OT (--gamma)")
     t.add_argument("--k", type=int, default=2, help="for --method sparse: nonzeros per column")
     t.add_argument("--gamma", type=float, default=0.1,

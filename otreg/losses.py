@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from otreg import _checks
+from otreg._methods import choose_solver
 from otreg.divergence import sinkhorn_divergence
 from otreg.geometry import CostMatrix, PointCloud
-from otreg.newton import choose_solver
 from otreg.sliced import sliced_w2
 from otreg.sparse import sparse_ot
 from otreg.status import Status
@@ -277,7 +277,7 @@ def wasserstein_label_loss(
     probs = jax.nn.softmax(jnp.where(logits_ok[..., None], logits, 0.0), axis=-1)
     bad = ~(logits_ok & label_ok) | ~jnp.all(jnp.isfinite(M))
     geom = CostMatrix(M)
-    solver = choose_solver(method, geom, epsilon, fn)
+    solver = choose_solver(method, geom, epsilon, fn, tol=tol)
 
     def one(p, t, bad):
         res = solver(geom, p, t, epsilon=epsilon, tol=tol, max_iter=max_iter)

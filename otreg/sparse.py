@@ -392,8 +392,9 @@ def quadratic_ot(
       gamma, max_iter, tol, memory: as in :func:`sparse_ot` (``max_iter`` bounds each stage).
     """
     fn = "quadratic_ot"
+    geom = as_geometry(geom, fn)  # once: a raw array's finiteness check is a pass over C
     if formulation is None:  # fewer iterations (semi-dual) vs cheaper ones (dual: no threshold)
-        n, m = as_geometry(geom, fn).shape
+        n, m = geom.shape
         formulation = "semi-dual" if n * m <= SEMI_DUAL_MAX_SIZE else "dual"
     geom, a, b, tol, max_iter, memory = _validate(fn, geom, a, b, gamma, tol, max_iter,
                                                   formulation, memory, solver)

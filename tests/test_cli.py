@@ -25,9 +25,18 @@ def test_demo_prints_table(capsys):
     assert "method" in out and "converged" in out
     sliced = [line for line in out.splitlines() if line.startswith("sliced_w2")]
     assert len(sliced) == 2 and all(line.rstrip().endswith("n/a") for line in sliced)
+    # SNS's showcase (float64 assignment, tol 1e-6): Sinkhorn, SNS, then what method="auto"
+    # picks there and why; SNS is the faster by a wide margin (Sinkhorn spends thousands of
+    # sweeps), as this very run measures
     assign = [line for line in out.splitlines() if "assignment" in line]
-    assert len(assign) == 2 and assign[1].startswith("sns") and assign[1].rstrip().endswith("True")
-    assert int(assign[1].split()[-4]) < int(assign[0].split()[-4])  # SNS: fewer iterations
+    assert [line.split(",")[0] for line in assign] == ["sinkhorn", "sns", "auto -> sns"]
+    assert all(line.rstrip().endswith("True") for line in assign[1:])
+    its = [int(line.split()[-4]) for line in assign]
+    ms = [float(line.split()[-2]) for line in assign]
+    assert its[1] < its[0] / 10 and ms[1] < ms[0]  # SNS: fewer iterations, less time
+    assert its[2] == its[1]  # auto ran SNS on the same problem
+    why = [line for line in out.splitlines() if line.startswith("  ^ method='auto' picks sns:")]
+    assert len(why) == 1 and "mean row gap / eps" in why[0]
     assert "first call of each solver compiles" in out
     sparse = [line for line in out.splitlines() if line.startswith(("quadratic_ot", "sparse_ot"))]
     assert len(sparse) == 2 and sparse[0].rstrip().endswith("True")

@@ -174,3 +174,21 @@ def test_forced_failure_is_finite_and_explained(rng, x64):
     # under jit with a mass mismatch: reported, finite
     out = jax.jit(lambda a: otreg.sns(C, a, jnp.ones(80) / 80, epsilon=0.05))(jnp.ones(80) / 40)
     assert int(out.status) == Status.MASS_MISMATCH and bool(jnp.isfinite(out.cost))
+
+
+def test_compiled_program_holds_two_sweep_loops():
+    """Compile time (issue 14): the Newton stage traces its Sinkhorn block once (a failed line
+    search, too little kept mass and weak steps share it), so the program holds the warm-up's
+    sweep loop and one more (it held four): while loops of two Sinkhorn solves, plus the
+    Newton loop, its line search and its CG."""
+    C = jnp.asarray(np.random.default_rng(0).uniform(size=(20, 20)), jnp.float32)
+
+    def n_while(f):
+        return jax.jit(f).lower(C).as_text().count("stablehlo.while")
+
+    n_sinkhorn = n_while(lambda C: otreg.sinkhorn(C, epsilon=0.01, mode="kernel"))
+    for progress in (False, lambda *_: None):
+        def solve(C, progress=progress):
+            return otreg.sns(C, epsilon=0.01, progress=progress)
+
+        assert n_while(solve) <= 2 * n_sinkhorn + 3

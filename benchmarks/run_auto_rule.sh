@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Pinned, single-threaded runs of benchmarks/auto_rule.py: otreg sinkhorn vs sns (defaults) on the
+# grid behind method="auto" (3 seeds), float64 and float32 in separate processes (jax_enable_x64
+# is process-wide), then the two 28 x 28 grids of benchmarks/sns.py as problems off that grid.
+# SAVE_DIR=dir keeps the measured cells (auto_rule_<dtype>[_grids].json) for --replay.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+PIN="taskset -c ${PIN_CORE:-1}"
+save() { [ -n "${SAVE_DIR:-}" ] && echo --save "$SAVE_DIR/auto_rule_$1.json" || true; }
+for dt in f64 f32; do
+  $PIN $PY benchmarks/auto_rule.py --dtype $dt --reps 3 $(save $dt) "$@"
+done
+for dt in f64 f32; do
+  $PIN $PY benchmarks/auto_rule.py --dtype $dt --reps 3 --problems grid-L2 grid-L1 --seeds 0 \
+    $(save ${dt}_grids) "$@"
+done

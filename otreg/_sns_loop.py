@@ -1,0 +1,190 @@
+r"""The iteration of :func:`otreg.sns`: a Sinkhorn warm-up, then the Newton stage in one
+``lax.while_loop``.
+
+Each step of the Newton stage is a Newton step on the sparsified Hessian (:mod:`otreg._ell`)
+where the kept entries hold at least ``keep_mass`` of the plan's mass, or a block of
+``block_sweeps`` Sinkhorn sweeps where they do not, where the line search fails, or after
+``WEAK_STEPS`` weak Newton steps (module doc of :mod:`otreg.newton`).
+
+Compile time: the sweep loop (:func:`otreg._sinkhorn_loops.kernel_loop`: annealing stages,
+absorption, log-domain fallback, over-relaxation) is the largest subgraph of the solver, and
+every call site is a copy of it in the compiled program. So a step tries the Newton step first
+and takes the Sinkhorn block after it, under one ``lax.cond`` shared by the three reasons for a
+block: one copy in the Newton stage, one for the warm-up. (Running the warm-up as the loop's
+first step would save that copy too, but moves the first marginals into the loop, where XLA
+rounds them differently, by an ulp: enough to change float32 iteration counts.)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from otreg import _sinkhorn_loops as loops
+from otreg._ell import EllHessian, ell_hessian, solve_ell
+from otreg._math import safe_log
+
+SHIFT_MAX = 1e-3  # largest relative diagonal shift of the sparsified Hessian
+ARMIJO = 1e-4  # sufficient decrease of the gradient-norm merit
+STALL_STEPS = 3  # steps without a new best error before giving up (floating-point floor)
+NEWTON_MIN_GAIN = 1.25  # a Newton step dividing the error by less than this is weak ...
+WEAK_STEPS = 2  # ... and this many in a row are followed by a Sinkhorn block
+
+
+def marginals(geom, a, b, eps, f, g):
+    """``(P 1, P^T 1)``: two log-sum-exp reductions (blockwise when blocked). The weights enter
+    as ``log b`` (not as masks: 3x faster on CPU; the Newton stage is not differentiated)."""
+    rows = a * jnp.exp(f / eps + geom.lse(g / eps + safe_log(b), eps, 1))
+    cols = b * jnp.exp(g / eps + geom.lse(f / eps + safe_log(a), eps, 0))
+    return rows, cols
+
+
+class State(NamedTuple):
+    f: jax.Array
+    g: jax.Array
+    rows: jax.Array
+    cols: jax.Array
+    err: jax.Array  # L1 marginal error
+    merit: jax.Array  # L2 norm of the dual gradient
+    best: jax.Array
+    stall: jax.Array
+    step: jax.Array  # outer steps (Newton steps and Sinkhorn blocks)
+    newton: jax.Array  # Newton steps taken
+    sweeps: jax.Array  # Sinkhorn sweeps taken in this stage
+    n_cg: jax.Array
+    n_fallback: jax.Array  # failed line searches
+    n_capped: jax.Array  # CG solves stopped by cg_max_iter
+    weak: jax.Array  # consecutive Newton steps that gained less than NEWTON_MIN_GAIN
+    errors: jax.Array
+    done: jax.Array
+    failed: jax.Array
+    it0: jax.Array  # sweeps of the warm-up
+
+
+def _errors(a, b, rows, cols):
+    ra, rb = a - rows, b - cols
+    err = jnp.sum(jnp.abs(ra)) + jnp.sum(jnp.abs(rb))
+    merit = jnp.sqrt(jnp.sum(ra * ra) + jnp.sum(rb * rb))
+    return err, merit
+
+
+def _where(pred, new, old):
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), new, old)
+
+
+def run(pb_warm: loops.Problem, state0: loops.LoopState, tol, *, warmup_iter, keep, keep_mass,
+        max_iter, cg_tol, cg_max_iter, ls_steps, block_sweeps, check_every, sweep_loop,
+        progress):
+    """Warm-up (``sweep_loop`` on ``pb_warm`` from ``state0``, at most ``warmup_iter`` sweeps)
+    then the Newton stage to ``tol``. Returns ``(State, warm-up LoopState)``."""
+    pb = pb_warm._replace(tol=jnp.asarray(tol, pb_warm.eps.dtype))
+    geom, a, b, eps, tol = pb.geom, pb.a, pb.b, pb.eps, pb.tol
+    dtype = a.dtype
+    row_on, col_on = a > 0, b > 0
+    zero = jnp.array(0, jnp.int32)
+    n_hist = -(-max_iter // check_every)
+    warm = sweep_loop(pb_warm, state0, max_iter=min(warmup_iter, max_iter),
+                      check_every=check_every, progress=progress)
+    final_pb = pb._replace(n_stages=zero, eps0=eps)
+
+    def start(w: loops.LoopState) -> State:
+        """The Newton stage's first state, at the warm-up's potentials. Marginals that overflow
+        (potentials of an earlier annealing stage when the warm-up ran out) are not a
+        breakdown: the first step is then a log-domain Sinkhorn block, which recovers."""
+        rows, cols = marginals(geom, a, b, eps, w.f, w.g)
+        err, merit = _errors(a, b, rows, cols)
+        fine = jnp.isfinite(err)
+        inf = jnp.asarray(jnp.inf, dtype)
+        err, merit = jnp.where(fine, err, inf), jnp.where(fine, merit, inf)
+        return State(w.f, w.g, rows, cols, err, merit, err, zero, zero, zero, zero, zero, zero,
+                     zero, jnp.where(fine, zero, WEAK_STEPS), -jnp.ones((n_hist,), dtype),
+                     fine & (err <= tol), jnp.array(False), w.it.astype(jnp.int32))
+
+    def direction(s: State, h: EllHessian):
+        shift = jnp.minimum(s.err, SHIFT_MAX)
+        # zero-weight atoms: unit diagonal and zero right-hand side, so their step is 0
+        h = h._replace(rows=jnp.where(row_on, h.rows, 1.0), cols=jnp.where(col_on, h.cols, 1.0))
+        rhs = (jnp.where(row_on, eps * (a - s.rows), 0.0),
+               jnp.where(col_on, eps * (b - s.cols), 0.0))
+        rtol = jnp.maximum(cg_tol, jnp.minimum(0.1, jnp.sqrt(s.err)))  # inexact Newton forcing
+        return solve_ell(h, *rhs, shift=shift, rtol=rtol.astype(dtype), max_iter=cg_max_iter)
+
+    def line_search(s: State, du, dv):
+        def body(c):
+            alpha = jnp.asarray(0.5, dtype) ** c[1]
+            f, g = s.f + alpha * du, s.g + alpha * dv
+            rows, cols = marginals(geom, a, b, eps, f, g)
+            err, merit = _errors(a, b, rows, cols)
+            ok = jnp.isfinite(merit) & (merit <= (1.0 - ARMIJO * alpha) * s.merit)
+            return ok, c[1] + 1, _where(ok, (f, g, rows, cols, err, merit), c[2])
+
+        out0 = (s.f, s.g, s.rows, s.cols, s.err, s.merit)
+        ok, _, out = jax.lax.while_loop(lambda c: ~c[0] & (c[1] < ls_steps), body,
+                                        (jnp.array(False), zero, out0))
+        return ok, out
+
+    def skip(s: State):
+        return (jnp.array(False), jnp.array(False), (s.f, s.g, s.rows, s.cols, s.err, s.merit),
+                zero)
+
+    def attempt(s: State):
+        """A Newton step where the kept entries hold enough mass: ``(took, ok, out, k)``."""
+        h = ell_hessian(geom, a, b, eps, s.f, s.g, s.rows, s.cols, keep)
+        kept = jnp.sum(h.vals) >= keep_mass * jnp.sum(s.rows)
+
+        def newton():
+            du, dv, k = direction(s, h)
+            return (jnp.array(True), *line_search(s, du, dv), k)
+
+        return jax.lax.cond(kept, newton, lambda: skip(s))
+
+    def block_result(s: State, st: loops.LoopState, start_it):
+        """The point after the sweeps from ``start_it`` to ``st.it`` (none: unchanged)."""
+        n = (st.it - start_it).astype(jnp.int32)
+        rows = a * st.ratio
+        cols = b * jnp.exp(st.g / eps + geom.lse(st.f / eps + safe_log(a), eps, 0))
+        err, merit = _errors(a, b, rows, cols)
+        old = (s.f, s.g, s.rows, s.cols, s.err, s.merit)  # no sweep ran: nothing changed
+        return _where(n > 0, (st.f, st.g, rows, cols, err, merit), old), n
+
+    def update(s: State, took_newton, ok, out, n, k) -> State:
+        ok = ok | ~took_newton  # failed line searches only
+        f, g, rows, cols, err, merit = out
+        good = jnp.isfinite(err) & jnp.all(jnp.isfinite(f)) & jnp.all(jnp.isfinite(g))
+        better = err < s.best
+        stall = jnp.where(better, 0, s.stall + 1)
+        weak = jnp.where(took_newton & ~(err * NEWTON_MIN_GAIN <= s.err), s.weak + 1, 0)
+        newton_steps = s.newton + jnp.where(took_newton, 1, 0)
+        loops.report(progress, s.it0 + s.sweeps + n + newton_steps, err, eps, good)
+        new = State(f, g, rows, cols, err, merit, jnp.minimum(err, s.best), stall, s.step + 1,
+                    newton_steps, s.sweeps + n, s.n_cg + k, s.n_fallback + jnp.where(ok, 0, 1),
+                    s.n_capped + jnp.where(k >= cg_max_iter, 1, 0), weak,
+                    s.errors.at[s.step].set(err, mode="drop"), err <= tol, jnp.array(False),
+                    s.it0)
+        return _where(good, new, s._replace(failed=jnp.array(True)))
+
+    def body(s: State):
+        budget = max_iter - (s.it0 + s.sweeps + s.newton)  # >= 1 here (see cond)
+        # after WEAK_STEPS weak Newton steps (little gain) a Sinkhorn block, then Newton again
+        took, ok, out, k = jax.lax.cond(s.weak >= WEAK_STEPS, skip, attempt, s)
+        # at most min(block_sweeps, budget) sweeps, a failed Newton step counted (max_iter is a
+        # hard bound): the sweep loop starts its counter that far below its bound
+        start_it = jnp.clip(block_sweeps - (budget - took.astype(jnp.int32)), 0, block_sweeps)
+
+        def sweeps():
+            st = loops.initial_state(s.f, s.g, 1, dtype)
+            st = st._replace(it=start_it.astype(st.it.dtype))
+            st = sweep_loop(final_pb, st, max_iter=block_sweeps, check_every=check_every,
+                            progress=None)
+            return block_result(s, st, start_it)
+
+        out, n = jax.lax.cond(~(took & ok), sweeps, lambda: (out, zero))
+        return update(s, took, ok, out, n, k)
+
+    def cond(s: State):
+        return (~s.done & ~s.failed & (s.stall < STALL_STEPS)
+                & (s.it0 + s.sweeps + s.newton < max_iter))
+
+    return jax.lax.while_loop(cond, body, start(warm)), warm
