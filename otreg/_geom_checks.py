@@ -15,22 +15,20 @@ from otreg.geometry import CostMatrix
 
 __all__ = ["validate_geometry_values", "repair_geometry"]
 
-_max_abs = jax.jit(lambda z: jnp.max(jnp.abs(z)))  # one fused pass; NaN and inf propagate
-
-
 def validate_geometry_values(geom, fn="sinkhorn"):
     """Concrete inputs: non-finite costs or points raise. Returns max |C| for a concrete cost
     matrix (reused by the solve instead of another pass), else None."""
     leaves = (geom.cost_matrix,) if isinstance(geom, CostMatrix) else (geom.x, geom.y)
     if not _checks.is_concrete(*leaves):
         return None
-    with jax.ensure_compile_time_eval():  # concrete constants closed over by a traced caller
-        peaks = [_max_abs(leaf) for leaf in leaves]
-    if not all(np.isfinite(float(p)) for p in peaks):
+    peaks = [_checks.max_abs(leaf) for leaf in leaves]  # NumPy on CPU: nothing to compile
+    if not all(np.isfinite(p) for p in peaks):
         what = "cost matrix" if isinstance(geom, CostMatrix) else "point cloud"
         raise ValueError(f"{fn}: the {what} contains NaN or inf; remove them (an "
                          f"infinite cost is not supported: use a large finite cost).")
-    return peaks[0] if isinstance(geom, CostMatrix) else None
+    if not isinstance(geom, CostMatrix):
+        return None
+    return jax.device_put(np.asarray(peaks[0], geom.dtype))  # a transfer, not an executable
 
 
 def repair_geometry(geom, max_abs=None):

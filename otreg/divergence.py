@@ -202,9 +202,8 @@ def sinkhorn_divergence(
             raise TypeError(f"{fn}: `{bad}` cannot be passed through **sinkhorn_kw.")
     if block_size is not None:
         block_size = _checks.check_positive_int(block_size, "block_size", fn)
-    PointCloud(x[:1], y[:1], cost=cost)  # validates `cost` eagerly
     solver = choose_solver(method, PointCloud(x, y, cost=cost, block_size=block_size), epsilon,
-                           fn)
+                           fn, tol=tol)
     init = _check_init(init, x.shape[0], y.shape[0], dtype, fn)
     return _divergence(x, y, a, b, epsilon, tol, init, cost=cost, block_size=block_size,
                        max_iter=max_iter, sym_max_iter=sym_max_iter,
