@@ -6,7 +6,8 @@ a second call on the same inputs (the solve alone), all with ``block_until_ready
 x ~ N(0, I), y ~ N(1, I), n = m = 2000, d = 2, float32, cost = squared Euclidean / max
 (``sinkhorn``, ``sinkhorn_divergence``: eps = 0.05, tol 1e-3; ``sliced_w2``: L = 128;
 ``sparse_ot``/``quadratic_ot``: n = 500, gamma = 0.1) and the SNS paper's assignment problem
-(n = 500, C uniform, eps = 1/1200, tol 1e-5). Wall-clock seconds, pinned: run
+(n = 500, C uniform, eps = 1/1200, tol 1e-5). Wall-clock seconds, pinned, median of
+``--repeat`` fresh processes per row (3; the libraries interleaved): run
 ``bash benchmarks/run_first_call.sh``.
 """
 
@@ -86,16 +87,32 @@ def run(imports: str, call: str, n: int) -> dict | str:
 
 
 def main() -> None:
+    import argparse
+    import statistics
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="fresh processes per row, interleaved across libraries; medians shown")
+    args = ap.parse_args()
+    print(f"median of {args.repeat} fresh processes per row (libraries interleaved); "
+          "[min-max] of the first call")
     print("| problem | library | import (s) | first call (s) | second call (s) |")
     print("|---|---|---|---|---|")
     for name, n, *peers in ROWS:
-        for lib, imports, call in peers:
-            r = run(imports, call, n)
-            if isinstance(r, str):
-                print(f"| {name} | {lib} | {r} | | |", flush=True)
-            else:
-                print(f"| {name} | {lib} | {r['import_s']:.2f} | {r['first_s']:.2f} | "
-                      f"{r['second_s']:.3f} |", flush=True)
+        runs = {lib: [] for lib, _, _ in peers}
+        for _ in range(args.repeat):  # interleaved: a noisy minute hits every library alike
+            for lib, imports, call in peers:
+                runs[lib].append(run(imports, call, n))
+        for lib, _, _ in peers:
+            ok = [r for r in runs[lib] if not isinstance(r, str)]
+            if not ok:
+                print(f"| {name} | {lib} | {runs[lib][0]} | | |", flush=True)
+                continue
+            med = {k: statistics.median(r[k] for r in ok) for k in ok[0]}
+            lo, hi = min(r["first_s"] for r in ok), max(r["first_s"] for r in ok)
+            failed = f" ({len(runs[lib]) - len(ok)} failed)" if len(ok) < len(runs[lib]) else ""
+            print(f"| {name} | {lib} | {med['import_s']:.2f} | {med['first_s']:.2f} "
+                  f"[{lo:.2f}-{hi:.2f}]{failed} | {med['second_s']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
