@@ -47,6 +47,7 @@ pass ``method="sns"`` explicitly there.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -77,12 +78,24 @@ def _sample_rows(geom, rows: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(rows, n)).round().astype(np.int64))
 
 
-def _row_sample(geom, rows: int) -> jax.Array:
-    """The cost of the rows :func:`_sample_rows` picks."""
+def _take_rows(z, idx):
+    """``z[idx]``: by NumPy for a CPU-resident array (an eager gather compiles an executable)."""
+    return np.asarray(z)[idx] if _checks._on_host(z) else z[idx]
+
+
+def _row_sample(geom, rows: int):
+    """The cost of the rows :func:`_sample_rows` picks (one small jitted cost evaluation for a
+    point cloud; nothing compiled for a CPU-resident cost matrix)."""
     idx = _sample_rows(geom, rows)
     if isinstance(geom, CostMatrix):
-        return geom.cost_matrix[idx]
-    return geom.cost_fn(geom.x[idx], geom.y) / geom.scale
+        return _take_rows(geom.cost_matrix, idx)
+    C = _sample_cost(geom.cost_fn)(_take_rows(geom.x, idx), geom.y)
+    return np.asarray(C) / float(geom.scale)
+
+
+@functools.lru_cache(maxsize=16)
+def _sample_cost(cost_fn):
+    return jax.jit(cost_fn)
 
 
 def _row_stats(geom, rows: int) -> tuple[float, float]:
