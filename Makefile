@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 
 CORE    := $(VENV)/.core
 
-.PHONY: demo test test-all notebooks bench lint clean
+.PHONY: demo test test-all notebooks bench bench-accelerator lint clean
 
 # the demo needs otreg alone (jax, optax, numpy): no test tools, no Flax, no matplotlib
 $(CORE): pyproject.toml
@@ -41,6 +41,13 @@ $(VENV)/.bench: $(STAMP)
 
 bench: $(VENV)/.bench
 	bash benchmarks/run_sinkhorn.sh
+
+# otreg vs OTT-JAX on this host's first device (GPU, TPU, or CPU pinned to one core), under 8 min.
+# A GPU/TPU host needs JAX for it in the venv: make bench-accelerator ACCEL_JAX='jax[cuda12]'
+ACCEL_JAX ?=
+bench-accelerator: $(VENV)/.bench
+	$(if $(ACCEL_JAX),$(BIN)/pip install --quiet '$(ACCEL_JAX)')
+	PY=$(BIN)/python bash benchmarks/run_accelerator.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check otreg tests benchmarks notebooks

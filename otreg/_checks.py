@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from otreg._math import backend
 from otreg.status import Status
 
 __all__ = [
@@ -29,10 +30,9 @@ _device_max_abs = jax.jit(lambda z: jnp.max(jnp.abs(z)))  # one fused pass; NaN/
 
 
 def _on_host(x: Any) -> bool:
-    """NumPy input, or a JAX array whose every shard lives on a CPU device."""
-    if not isinstance(x, jax.Array):
-        return True
-    return all(d.platform == "cpu" for d in x.devices())
+    """NumPy input, or a JAX array whose every shard lives on a CPU device (as
+    :func:`otreg._math.backend` says: a forced accelerator makes every JAX array device-side)."""
+    return not isinstance(x, jax.Array) or backend(x) == "cpu"
 
 
 def max_abs(x: Any) -> float:
@@ -43,12 +43,12 @@ def max_abs(x: Any) -> float:
     entries: an eager ``jnp`` reduction compiles its own executable per shape and dtype, about
     0.1 s each on a user's first call, for a pass that costs microseconds. On an accelerator
     the reduction runs on the device (one jitted pass, no transfer of the array)."""
+    if np.size(x) == 0:  # an empty array has no entry to be non-finite (and max has no identity)
+        return 0.0
     if not _on_host(x):
         with jax.ensure_compile_time_eval():
             return float(_device_max_abs(x))
     flat = np.asarray(x).reshape(-1)
-    if flat.size == 0:
-        return 0.0
     if not np.issubdtype(flat.dtype, np.floating) and flat.dtype.kind != "V":
         flat = flat.astype(np.float64)  # ints/bools: finite; ml_dtypes floats stay as they are
     peaks = [np.max(np.abs(flat[i:i + _HOST_CHUNK])).astype(np.float64)
@@ -111,14 +111,19 @@ def check_weights(w: Any, size: int, name: str, dtype, fn: str = "otreg") -> jax
     if w.shape[0] != size:
         raise ValueError(f"{fn}: `{name}` has {w.shape[0]} entries but the geometry has {size} "
                          f"points on that side; pass one weight per point (or None for uniform).")
-    return w.astype(dtype)
+    # bfloat16/float16 weights stay so: the equal-mass check (mass_rtol) follows their precision;
+    # the solvers upcast them with everything else
+    return w if jnp.dtype(w.dtype).name in _NARROW else w.astype(dtype)
 
 
 # Relative tolerance of the equal-mass check, by the precision the weights carry. float32: a
 # normalisation ``w / w.sum()`` in float32 leaves the mass off 1 by the relative rounding error
 # of the sum, ~log2(n) ulps (pairwise summation) and n ulps at worst: 1e-4 covers n up to ~10^3
 # in the worst case and any realistic n in practice. float64: 1e-8, far above its rounding.
-MASS_RTOL = {"float32": 1e-4, "float64": 1e-8}
+# bfloat16 / float16 (unit roundoff u = 2^-8 / 2^-11): ``w / w.sum()`` rounds the sum and each
+# quotient, so a mass is off by at most ~2u and two masses differ by at most ~4u: 2e-2 / 2e-3.
+MASS_RTOL = {"bfloat16": 2e-2, "float16": 2e-3, "float32": 1e-4, "float64": 1e-8}
+_NARROW = ("bfloat16", "float16")  # float dtypes the solvers upcast to float32
 
 
 def _f32_exact(w: Any) -> Any:
@@ -134,8 +139,13 @@ def mass_rtol(a: Any, b: Any) -> Any:
     entries are all float32 values (normalised in float32, then cast, as POT and OTT-JAX users
     often pass them) get the float32 tolerance, because that rounding is what their masses
     carry; genuinely float64 weights get the float64 one. Either vector carrying float32
-    precision is enough (``a=None`` is uniform in float64 while ``b`` came from float32).
+    precision is enough (``a=None`` is uniform in float64 while ``b`` came from float32); the
+    same for a vector in bfloat16 or float16 (by dtype: the solvers keep it until this check).
     """
+    names = (jnp.dtype(a.dtype).name, jnp.dtype(b.dtype).name)
+    narrow = [MASS_RTOL[k] for k in _NARROW if k in names]
+    if narrow:
+        return max(narrow)
     if jnp.dtype(a.dtype) != jnp.float64 and jnp.dtype(b.dtype) != jnp.float64:
         return MASS_RTOL["float32"]
     xp = np if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) else jnp
@@ -179,15 +189,17 @@ def check_weight_values(a: jax.Array, b: jax.Array, fn: str = "otreg") -> None:
                          f"equal masses: normalise both (e.g. `a / a.sum()`, `b / b.sum()`).")
 
 
-def repair_weights(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def repair_weights(a: jax.Array, b: jax.Array,
+                   rtol: Any = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """In-graph repair for traced weights: bad entries -> 0, a vector without positive mass ->
     uniform, ``b`` rescaled to the mass of ``a``.
 
     Returns ``(a, b, status)`` with ``status`` the highest-priority problem found (or SUCCESS):
     BAD_WEIGHTS for a negative or non-finite entry or a vector without positive mass,
-    MASS_MISMATCH when the masses differ by more than :func:`mass_rtol`.
+    MASS_MISMATCH when the masses differ by more than ``rtol`` (default :func:`mass_rtol`;
+    pass the one of the weights as given when they were upcast since).
     """
-    rtol = mass_rtol(a, b)
+    rtol = mass_rtol(a, b) if rtol is None else rtol
     bad = jnp.any(~jnp.isfinite(a) | (a < 0)) | jnp.any(~jnp.isfinite(b) | (b < 0))
     bad = bad | ~(jnp.sum(jnp.where(jnp.isfinite(a), a, 0.0)) > 0)
     bad = bad | ~(jnp.sum(jnp.where(jnp.isfinite(b), b, 0.0)) > 0)
@@ -214,7 +226,8 @@ def check_epsilon(epsilon: Any, fn: str = "otreg", allow_none: bool = True) -> N
     arr = np.asarray(epsilon)
     if arr.ndim != 0:
         raise ValueError(f"{fn}: `epsilon` must be a scalar, got shape {arr.shape}.")
-    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr) or arr <= 0:
+    real = jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)
+    if not real or not np.isfinite(arr) or arr <= 0:  # (floating: bfloat16 too, unlike np.number)
         raise ValueError(f"{fn}: `epsilon` must be a positive finite number, got {epsilon!r}; "
                          f"pass e.g. epsilon=0.05 * mean cost, or None for that default.")
 
@@ -257,7 +270,7 @@ def solve_dtype_and_weights(geom: Any, a: Any, b: Any):
     dtype = jnp.float64 if in_dtype == jnp.float64 else jnp.float32
     geom = geom.astype(dtype) if in_dtype != dtype else geom
     n, m = geom.shape
-    a = jnp.full((n,), 1.0 / n, dtype) if a is None else a.astype(dtype)
-    b = jnp.full((m,), 1.0 / m, dtype) if b is None else b.astype(dtype)
-    a, b, status = repair_weights(a, b)
+    a = jnp.full((n,), 1.0 / n, dtype) if a is None else a
+    b = jnp.full((m,), 1.0 / m, dtype) if b is None else b
+    a, b, status = repair_weights(a.astype(dtype), b.astype(dtype), mass_rtol(a, b))
     return geom, a, b, status, in_dtype

@@ -3,15 +3,62 @@
 Each function here is finite, with finite derivatives, for every finite input: the places where the
 textbook formula has a singular derivative (sqrt at 0, norm at the origin, log of a zero weight) are
 handled explicitly instead of being left to produce NaN in a backward pass.
+
+Also the one switch on the platform: every backend-dependent choice asks :func:`backend`, which
+:func:`force_backend` overrides (so the accelerator branches are tested on CPU).
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["safe_sqrt", "safe_norm", "safe_log", "safe_pow", "logsumexp", "tiny_exponent", "cg"]
+__all__ = ["safe_sqrt", "safe_norm", "safe_log", "safe_pow", "logsumexp", "tiny_exponent", "cg",
+           "backend", "force_backend", "HIGHEST"]
+
+# The precision every contraction in otreg passes (``precision=HIGHEST``). Unmarked float32 dots
+# run at reduced precision on accelerators (bfloat16 passes on TPU, TF32 on Ampere+ GPUs) or
+# under the user's ``jax_default_matmul_precision``: that breaks the Sinkhorn kernel matvecs at
+# small epsilon (the loop reports converged while the true marginal error is 1e4 times tol), the
+# cost |x|^2 + |y|^2 - 2 x.y and the sliced projections. Explicit precision wins over the
+# global flag; on CPU it is what XLA does anyway. tests/test_precision.py checks every dot.
+HIGHEST = jax.lax.Precision.HIGHEST
+
+_FORCED_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "otreg_forced_backend", default=None)
+
+
+def backend(x: Any = None) -> str:
+    """The platform a backend-dependent choice follows: the one :func:`force_backend` set, else
+    the platform of ``x`` (a JAX array; ``"cpu"`` only if every shard is on a CPU device), else
+    ``jax.default_backend()``. The only place in otreg that looks at the platform."""
+    forced = _FORCED_BACKEND.get()
+    if forced is not None:
+        return forced
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        platforms = {d.platform for d in x.devices()}
+        return "cpu" if platforms == {"cpu"} else next(iter(platforms - {"cpu"}))
+    return jax.default_backend()
+
+
+@contextlib.contextmanager
+def force_backend(name: str) -> Iterator[None]:
+    """Within the block, :func:`backend` answers ``name`` (e.g. ``"gpu"``): the accelerator
+    branches run on CPU, for tests. Choices made at trace time (``vmap`` batching rules) are
+    cached by JAX, so the caches are cleared on entry and exit: trace inside the block."""
+    jax.clear_caches()
+    token = _FORCED_BACKEND.set(name)
+    try:
+        yield
+    finally:
+        _FORCED_BACKEND.reset(token)
+        jax.clear_caches()
 
 
 @jax.custom_jvp
@@ -82,7 +129,7 @@ def cg(matvec, rhs, precond, *, rtol, max_iter: int):
     curvature stops the iteration instead of dividing by zero).
     """
     tm = jax.tree_util.tree_map
-    dot = lambda u, v: sum(jnp.vdot(p, q) for p, q in zip(  # noqa: E731
+    dot = lambda u, v: sum(jnp.vdot(p, q, precision=HIGHEST) for p, q in zip(  # noqa: E731
         jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(v), strict=True))
     x = tm(jnp.zeros_like, rhs)
     z = precond(rhs)

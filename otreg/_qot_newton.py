@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from otreg._ell import EllHessian, solve_ell
-from otreg._math import cg
+from otreg._math import HIGHEST, cg
 from otreg._simplex import simplex_threshold
 from otreg.geometry import _pad_rows
 
@@ -134,7 +134,8 @@ def _point(sums: _Sums, a, b, gamma, alpha, beta) -> _Point:
     gf, gg = a - sums.rows / gamma, b - sums.cols / gamma
     return _Point(gf, gg, jnp.sqrt(jnp.sum(gf * gf) + jnp.sum(gg * gg)),
                   jnp.sum(jnp.abs(gf)) + jnp.sum(jnp.abs(gg)),
-                  jnp.dot(alpha, a) + jnp.dot(beta, b) - sums.sq / (2.0 * gamma))
+                  jnp.dot(alpha, a, precision=HIGHEST) + jnp.dot(beta, b, precision=HIGHEST)
+                  - sums.sq / (2.0 * gamma))
 def _exact_rows(C, w, gamma, other):
     r"""For every row i, the potential meeting its marginal exactly given the other side's:
     :math:`\sum_j [\alpha_i + \beta_j - C_{ij}]_+ = \gamma a_i` (a simplex threshold)."""
@@ -164,10 +165,11 @@ def first_gamma(C, a, b, gamma):
 def _solve_dense(sigma, dr, dc, rf, rg, rtol, max_iter):
     """As :func:`otreg._ell.solve_ell` with the dense scaled mask ``sigma`` (n, m)."""
     inv_r = 1.0 / dr
-    s_diag = jnp.maximum(dc - (inv_r @ (sigma * sigma)), jnp.finfo(dc.dtype).tiny)
-    v, k = cg(lambda v: dc * v - (inv_r * (sigma @ v)) @ sigma, rg - (inv_r * rf) @ sigma,
+    mm = lambda p, q: jnp.matmul(p, q, precision=HIGHEST)  # noqa: E731
+    s_diag = jnp.maximum(dc - mm(inv_r, sigma * sigma), jnp.finfo(dc.dtype).tiny)
+    v, k = cg(lambda v: dc * v - mm(inv_r * mm(sigma, v), sigma), rg - mm(inv_r * rf, sigma),
               lambda r: r / s_diag, rtol=rtol, max_iter=max_iter)
-    return inv_r * (rf - sigma @ v), v, k
+    return inv_r * (rf - mm(sigma, v)), v, k
 
 
 class _State(NamedTuple):
@@ -226,7 +228,7 @@ def solve(C, a, b, gamma, tol, *, max_iter, cg_max_iter, keep=16):
             return _solve_dense(sigma, dr, dc, s.pt.gf, s.pt.gg, rtol, cg_max_iter)
 
         du, dv, k = jax.lax.cond(jnp.max(s.sums.n_rows) > keep, dense, ell)
-        slope = jnp.dot(s.pt.gf, du) + jnp.dot(s.pt.gg, dv)
+        slope = jnp.dot(s.pt.gf, du, precision=HIGHEST) + jnp.dot(s.pt.gg, dv, precision=HIGHEST)
 
         def trial(c):
             _, j, best = c

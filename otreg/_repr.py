@@ -31,7 +31,8 @@ def _fmt(v: Any) -> str:
     if arr.dtype == bool:
         return str(bool(arr)) if arr.ndim == 0 else f"{int(arr.sum())}/{arr.size} True"
     if arr.ndim == 0:
-        return f"{arr.item():.6g}" if arr.dtype.kind == "f" else str(arr.item())
+        return (f"{float(arr):.6g}" if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16"
+                else str(arr.item()))
     if arr.size <= 4 and arr.ndim == 1:
         return "[" + ", ".join(_fmt(v) for v in arr) + "]"
     if arr.size == 0:

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from otreg._math import safe_log, tiny_exponent
+from otreg._math import HIGHEST, backend, safe_log, tiny_exponent
 from otreg.status import Status
 
 STAGE_TOL = 1e-2  # error at which an intermediate annealing stage hands over to the next
@@ -116,7 +116,7 @@ def batch_aware(loop):
             lambda x, batched: x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x))),
             (pb, state), tuple(in_batched))
         n, m = pb.a.shape[-1], pb.b.shape[-1]
-        if jax.default_backend() != "cpu":
+        if backend() != "cpu":  # chosen at trace time (otreg._math.force_backend: tests)
             chunk = axis_size
         else:
             chunk = 1 if n * m >= SEQUENTIAL_MIN_SIZE else min(LOCKSTEP_CHUNK, axis_size)
@@ -275,7 +275,8 @@ def gauge(f, g, a, b):
     """Shift (f - t, g + t) so that <f, a> = <g, b>: keeps both of order the cost in float32.
 
     Differentiable: applied after implicit differentiation it fixes the gauge of the gradients."""
-    t = (jnp.dot(f, a) - jnp.dot(g, b)) / (jnp.sum(a) + jnp.sum(b))
+    fa, gb = jnp.dot(f, a, precision=HIGHEST), jnp.dot(g, b, precision=HIGHEST)
+    t = (fa - gb) / (jnp.sum(a) + jnp.sum(b))
     return f - t, g + t
 
 
@@ -359,9 +360,9 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
                 def sweep(_, c):
                     u, v, r, sv, rmin, rmax, smin, smax = c
                     u = scale(u, r, omega)
-                    sv = jnp.matmul(a * u, K)
+                    sv = jnp.matmul(a * u, K, precision=HIGHEST)
                     v = scale(v, sv, omega)
-                    r = jnp.matmul(K, b * v)
+                    r = jnp.matmul(K, b * v, precision=HIGHEST)
                     return (u, v, r, sv, jnp.minimum(rmin, jnp.min(r)),
                             jnp.maximum(rmax, jnp.max(r)), jnp.minimum(smin, jnp.min(sv)),
                             jnp.maximum(smax, jnp.max(sv)))
@@ -392,8 +393,8 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
             bad = _Inner(st.u, st.v, st.r, o._replace(use_log=jnp.array(True)), jnp.array(3))
             return jax.tree_util.tree_map(lambda x, y: jnp.where(hard, x, y), bad, new)
 
-        init = _Inner(one_n, one_m, jnp.matmul(K, b), s._replace(use_log=jnp.array(False)),
-                      jnp.array(0))
+        init = _Inner(one_n, one_m, jnp.matmul(K, b, precision=HIGHEST),
+                      s._replace(use_log=jnp.array(False)), jnp.array(0))
         st = jax.lax.while_loop(lambda st: st.exit == 0, inner_body, init)
         f, g = gauge(s.f + eps * jnp.log(st.u), s.g + eps * jnp.log(st.v), a, b)
         return st.outer._replace(f=f, g=g)

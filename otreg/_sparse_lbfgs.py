@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from otreg._math import HIGHEST
 from otreg._simplex import Columns, dual_columns, row_sums, semi_dual_columns
 
 __all__ = ["kept", "make_loss", "lbfgs", "STALL_STEPS", "FLAT_RTOL", "RESTARTS"]
@@ -19,7 +20,6 @@ __all__ = ["kept", "make_loss", "lbfgs", "STALL_STEPS", "FLAT_RTOL", "RESTARTS"]
 STALL_STEPS = 20  # L-BFGS steps without objective progress before declaring stationarity
 FLAT_RTOL = 1e-6  # objective change per step, relative, times tol, that counts as stationary
 RESTARTS = 3  # L-BFGS restarts from the best point after a stall (nonsmooth relaxation)
-HI = jax.lax.Precision.HIGHEST
 
 
 def kept(gt, alpha, k) -> Columns:
@@ -38,13 +38,13 @@ def _objective(params, gt, a, b, gamma, k, formulation):
         alpha = params
         cols = kept(gt, alpha, k)
         y, val = semi_dual_columns(alpha, cols, b, gamma)
-        return (jnp.dot(alpha, a, precision=HI) - jnp.dot(b, val, precision=HI),
+        return (jnp.dot(alpha, a, precision=HIGHEST) - jnp.dot(b, val, precision=HIGHEST),
                 b[:, None] * y, cols)
     alpha, beta = params
     cols = kept(gt, alpha, k)
     t, val = dual_columns(alpha, beta, cols, gamma)
-    return (jnp.dot(alpha, a, precision=HI) + jnp.dot(beta, b, precision=HI) - jnp.sum(val), t,
-            cols)
+    return (jnp.dot(alpha, a, precision=HIGHEST) + jnp.dot(beta, b, precision=HIGHEST)
+            - jnp.sum(val), t, cols)
 
 
 def _marginal_grad(params, t, cols, a, b, formulation):

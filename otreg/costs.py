@@ -17,17 +17,16 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from otreg._math import safe_norm, safe_pow, safe_sqrt
+from otreg._math import HIGHEST, safe_norm, safe_pow, safe_sqrt
 
 __all__ = ["sqeuclidean", "euclidean", "cosine", "lp", "get", "Cost", "is_symmetric",
            "transposed"]
 
 Cost = Callable[[jax.Array, jax.Array], jax.Array]
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _dot(x: jax.Array, y: jax.Array) -> jax.Array:
-    return jnp.matmul(x, y.T, precision=_HIGHEST)
+    return jnp.matmul(x, y.T, precision=HIGHEST)
 
 
 def sqeuclidean(x: jax.Array, y: jax.Array) -> jax.Array:

@@ -27,7 +27,7 @@ from otreg._math import safe_log
 from otreg._methods import choose_solver
 from otreg._repr import result_repr
 from otreg.geometry import PointCloud
-from otreg.sinkhorn import SinkhornResult
+from otreg.sinkhorn import SinkhornResult, cast_result
 from otreg.status import Status
 
 __all__ = ["sinkhorn_divergence", "DivergenceAux"]
@@ -86,11 +86,12 @@ def _symmetric_potential(geom, a, eps, tol, max_iter, p0=None):
 
 
 @functools.partial(jax.jit, static_argnames=("cost", "block_size", "max_iter", "sym_max_iter",
-                                             "sinkhorn_kw", "solver"))
+                                             "sinkhorn_kw", "solver", "out_dtype"))
 def _divergence(x, y, a, b, epsilon, tol, init, *, cost, block_size, max_iter, sym_max_iter,
-                sinkhorn_kw, solver):
+                sinkhorn_kw, solver, out_dtype):
     sg = jax.lax.stop_gradient
-    a, b, in_status = _checks.repair_weights(a, b)
+    rtol = _checks.mass_rtol(a, b)  # of the weights as given (bfloat16 ones: its tolerance)
+    a, b, in_status = _checks.repair_weights(a.astype(x.dtype), b.astype(x.dtype), rtol)
     finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))  # under jit: repair, report
     in_status = jnp.where(finite, in_status, Status.NONFINITE_INPUT)
     x, y = jnp.where(jnp.isfinite(x), x, 0.0), jnp.where(jnp.isfinite(y), y, 0.0)
@@ -127,10 +128,12 @@ def _divergence(x, y, a, b, epsilon, tol, init, *, cost, block_size, max_iter, s
                        jnp.where(sym_ok, Status.SUCCESS, Status.MAX_ITER))
     status = jnp.where(in_status != Status.SUCCESS, in_status, status)
     status = jnp.where(bad_eps, Status.BAD_PARAMETER, status).astype(jnp.int32)
-    aux = DivergenceAux(ot_xy=ot_xy, p=pots[0], q=pots[1], ot_xx=values[0], ot_yy=values[1],
+    c = lambda z: z.astype(out_dtype)  # noqa: E731  (bfloat16/float16 input: its dtype out)
+    aux = DivergenceAux(ot_xy=cast_result(ot_xy, out_dtype), p=c(pots[0]), q=c(pots[1]),
+                        ot_xx=c(values[0]), ot_yy=c(values[1]),
                         converged=ot_xy.converged & sym_ok,
                         n_iters=jnp.stack([ot_xy.n_iters, iters[0], iters[1]]), status=status)
-    return value, aux
+    return c(value), aux
 
 
 def sinkhorn_divergence(
@@ -186,6 +189,7 @@ def sinkhorn_divergence(
     fn = "sinkhorn_divergence"
     x, y = _checks.check_points(x, y, fn)
     dtype = _checks.compute_dtype(x, y)
+    out_dtype = jnp.result_type(x, y)  # bfloat16/float16 in: solved in float32, cast back
     x, y = x.astype(dtype), y.astype(dtype)
     _checks.check_finite(x, "x", fn, "points")
     _checks.check_finite(y, "y", fn, "points")
@@ -207,7 +211,8 @@ def sinkhorn_divergence(
     init = _check_init(init, x.shape[0], y.shape[0], dtype, fn)
     return _divergence(x, y, a, b, epsilon, tol, init, cost=cost, block_size=block_size,
                        max_iter=max_iter, sym_max_iter=sym_max_iter,
-                       sinkhorn_kw=tuple(sorted(sinkhorn_kw.items())), solver=solver)
+                       sinkhorn_kw=tuple(sorted(sinkhorn_kw.items())), solver=solver,
+                       out_dtype=out_dtype)
 
 
 def _check_init(init, n: int, m: int, dtype, fn: str):

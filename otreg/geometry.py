@@ -38,7 +38,7 @@ from otreg._checks import (
     check_positive_int,
     float_array,
 )
-from otreg._math import logsumexp
+from otreg._math import HIGHEST, logsumexp
 
 __all__ = ["CostMatrix", "PointCloud", "as_geometry"]
 
@@ -76,7 +76,7 @@ class _Geometry:
 
     def apply_plan(self, f, g, a, b, eps, v, axis=1):
         P = self.plan(f, g, a, b, eps)
-        return jnp.matmul(P if axis == 1 else P.T, v, precision=jax.lax.Precision.HIGHEST)
+        return jnp.matmul(P if axis == 1 else P.T, v, precision=HIGHEST)
 
     def max_cost(self):
         return jnp.max(self.cost_matrix)
@@ -283,7 +283,7 @@ class PointCloud(_Geometry):
 
         def block(xb, frb, wrb):
             return jnp.matmul(_plan_block(frb, fo, wrb, wo, cost_block(xb), eps), v,
-                              precision=jax.lax.Precision.HIGHEST)
+                              precision=HIGHEST)
 
         return _map_row_blocks(block, self.block_size, rows, fr, wr)
 

@@ -52,13 +52,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from otreg._math import cg
+from otreg._math import HIGHEST, cg
 from otreg.geometry import CostMatrix
 
 __all__ = ["implicit_potentials", "marginal_residual", "solve_hessian", "dual_value",
            "envelope_value", "backward_check", "BackwardCheck", "default_cg_tol"]
-
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def default_cg_tol(dtype) -> float:
@@ -86,8 +84,8 @@ def _plan_operators(geom, a, b, eps, f, g):
         c = b * jnp.exp(g / eps + geom.lse(f / eps, eps, 0, a))
         return pv, ptu, r, c
     P = geom.plan(f, g, a, b, eps)
-    return ((lambda v: jnp.matmul(P, v, precision=_HIGHEST)),
-            (lambda u: jnp.matmul(u, P, precision=_HIGHEST)), jnp.sum(P, 1), jnp.sum(P, 0))
+    return ((lambda v: jnp.matmul(P, v, precision=HIGHEST)),
+            (lambda u: jnp.matmul(u, P, precision=HIGHEST)), jnp.sum(P, 1), jnp.sum(P, 0))
 
 
 class _System(NamedTuple):
@@ -168,7 +166,7 @@ def dual_value(geom, a, b, eps, f, g):
 
 
 def _dot(u, v):
-    return jnp.dot(u, v, precision=_HIGHEST)
+    return jnp.dot(u, v, precision=HIGHEST)
 
 
 def envelope_value(geom, a, b, eps, f, g, ratio, cg_tol=None, cg_max_iter=1000):
@@ -201,8 +199,8 @@ def _envelope_jvp(cg_tol, cg_max_iter, primals, tangents):
         K = geom.kernel(f, g, eps, a, b)
         P = a[:, None] * b[None, :] * K
         mass_a, mass_b = jnp.sum(a), jnp.sum(b)
-        row_ratio = jnp.matmul(K, b, precision=_HIGHEST)  # P 1 / a, also at zero weights
-        col_ratio = jnp.matmul(a, K, precision=_HIGHEST)  # P^T 1 / b
+        row_ratio = jnp.matmul(K, b, precision=HIGHEST)  # P 1 / a, also at zero weights
+        col_ratio = jnp.matmul(a, K, precision=HIGHEST)  # P^T 1 / b
         a_bar = f - eps * (row_ratio - mass_b)
         b_bar = g - eps * (col_ratio - mass_a)
         logK = jnp.where(P > 0, (f[:, None] + g[None, :] - C) / eps, 0.0)
@@ -242,7 +240,8 @@ def backward_check(res, fbar=None, gbar=None, *, cg_tol=None, cg_max_iter=1000) 
     """
     geom, a, b, eps = res.geom, res.a, res.b, res.epsilon
     dtype = a.dtype
-    f, g = (jnp.asarray(z, dtype) for z in (res.f, res.g))
+    fg = getattr(res, "fg_solve", None)  # bfloat16/float16 input: the solve's float32 (f, g)
+    f, g = (jnp.asarray(z, dtype) for z in ((res.f, res.g) if fg is None else fg))
     geom = (geom.astype(dtype) if geom.dtype != dtype else geom).materialize()
     n, m = f.shape[0], g.shape[0]
     fbar = jnp.linspace(-1.0, 1.0, n, dtype=dtype) if fbar is None else jnp.asarray(fbar, dtype)

@@ -274,14 +274,16 @@ def wasserstein_label_loss(
                                        and np.all(np.asarray(M) >= 0)):
         raise ValueError(f"{fn}: `cost_matrix` must be finite and non-negative.")
     logits_ok = jnp.all(jnp.isfinite(logits), axis=-1)
-    probs = jax.nn.softmax(jnp.where(logits_ok[..., None], logits, 0.0), axis=-1)
+    out_dtype = jnp.result_type(logits, M)  # the loss's dtype; the softmax runs in float32+
+    probs = jax.nn.softmax(jnp.where(logits_ok[..., None], logits, 0.0).astype(
+        _checks.compute_dtype(logits)), axis=-1)
     bad = ~(logits_ok & label_ok) | ~jnp.all(jnp.isfinite(M))
     geom = CostMatrix(M)
     solver = choose_solver(method, geom, epsilon, fn, tol=tol)
 
     def one(p, t, bad):
         res = solver(geom, p, t, epsilon=epsilon, tol=tol, max_iter=max_iter)
-        return _flag(bad | _input_problem(res.status), res.cost)
+        return _flag(bad | _input_problem(res.status), res.cost.astype(out_dtype))
 
     return _flat_map(one, logits.shape[:-1], probs, target, bad)
 

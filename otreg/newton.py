@@ -74,8 +74,8 @@ def _solve(geom, a, b, epsilon, tol, warmup_tol, init, max_abs, *, keep, keep_ma
     p = prepare(geom, a, b, epsilon, warmup_tol, init, max_abs, max_iter=warmup_iter,
                 check_every=check_every, anneal=anneal, decay=decay)
     loop = loops.log_loop if p.live.is_blocked else loops.kernel_loop
-    s, warm = _sns_loop.run(p.pb, p.state, tol, warmup_iter=warmup_iter, keep=keep,
-                            keep_mass=keep_mass, max_iter=max_iter, cg_tol=cg_tol,
+    s, warm = _sns_loop.run(p.pb, p.state, tol, warmup_iter=warmup_iter,
+                            keep=keep, keep_mass=keep_mass, max_iter=max_iter, cg_tol=cg_tol,
                             cg_max_iter=cg_max_iter, ls_steps=ls_steps,
                             block_sweeps=block_sweeps, check_every=check_every,
                             sweep_loop=loop, progress=progress)
@@ -98,7 +98,7 @@ def _solve(geom, a, b, epsilon, tol, warmup_tol, init, max_abs, *, keep, keep_ma
     return finish(p, s.f, s.g, ratio, converged=converged,
                   n_iters=used, error=s.err,
                   errors=jnp.concatenate([warm.errors, s.errors]), status=status, stats=stats,
-                  implicit_diff=implicit_diff, cg_tol=cg_tol, cg_max_iter=cg_max_iter)
+                  implicit_diff=implicit_diff, cg_tol=cg_tol, cg_max_iter=cg_max_iter, tol=tol)
 
 
 def resolve_keep(keep: int | float, m: int, fn: str = "sns") -> int:

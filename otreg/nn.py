@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from otreg import _checks
+from otreg._math import HIGHEST
 from otreg.sparse import sparse_ot
 from otreg.status import Status
 
@@ -87,7 +88,7 @@ class SparseOTRouter(nnx.Module):
         self.capacity = _checks.check_positive_int(capacity, "capacity", fn)
         _checks.check_positive_float(gamma, "gamma", fn)
         self.gamma = float(gamma)
-        self.gate = nnx.Linear(in_features, num_experts, rngs=rngs)
+        self.gate = nnx.Linear(in_features, num_experts, precision=HIGHEST, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, return_status: bool = False) -> tuple[jax.Array, ...]:
         fn = "SparseOTRouter"

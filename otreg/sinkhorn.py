@@ -39,6 +39,11 @@ __all__ = ["sinkhorn", "SinkhornResult", "SolverStats"]
 ANNEAL_MIN_RATIO = 100.0
 ANNEAL_MIN_RATIO_F64 = 700.0
 INIT_KEEP_TOL = 1.0  # with anneal=True, a warm start is kept when its L1 error is below this
+# Below these tolerances a SUCCESS is re-checked on the returned (gauged, rounded) potentials:
+# folding the scalings into f, g and the gauge shift round each potential to the dtype, which
+# moves the plan's marginals by about |f| ulp / eps (float32, |f| ~ 1, eps = 0.005: ~1e-5 per
+# row). Above them that is far below tol (benchmarks/float32_floor.py).
+VERIFY_BELOW = {"float32": 1e-4, "float64": 1e-10}
 
 
 class SinkhornResult(NamedTuple):
@@ -53,11 +58,18 @@ class SinkhornResult(NamedTuple):
       converged: whether the L1 marginal error reached ``tol`` at the target epsilon.
       n_iters: Sinkhorn sweeps run (all annealing stages).
       error: final L1 marginal error :math:`\\|P1 - a\\|_1 + \\|P^\\top 1 - b\\|_1`.
+        Below ``tol`` 1e-4 (float32; 1e-10 in float64) a SUCCESS is re-checked on the returned
+        potentials and ``error`` is theirs (STALLED when it misses ``tol``).
       errors: ``errors[k]`` is the last error measured at an iteration in
         ``(k * check_every, (k + 1) * check_every]``; -1 where none was.
       status: result code; ``otreg.explain(status)`` says what it means.
-      geom, a, b, epsilon: the problem solved (weights after validation, epsilon resolved).
+      geom, a, b, epsilon: the problem solved (weights after validation, epsilon resolved), in
+        the solve's dtype.
       stats: :class:`SolverStats` (Sinkhorn sweeps, Newton steps, CG products, fallbacks).
+      fg_solve: ``(f, g)`` in the solve's dtype (float32) when the input was bfloat16 or
+        float16, else None. ``cost``, ``f``, ``g``, ``error``, ``errors`` and the outputs of
+        ``plan()``, ``apply()``, ``marginals()`` are in the input dtype; the methods compute
+        from ``fg_solve``, so only their output is rounded (not potentials divided by eps).
     """
 
     cost: jax.Array
@@ -73,14 +85,21 @@ class SinkhornResult(NamedTuple):
     b: jax.Array
     epsilon: jax.Array
     stats: Any = None
+    fg_solve: Any = None
 
     def __repr__(self) -> str:
         return result_repr("SinkhornResult", self,
                            ("cost", "converged", "n_iters", "error", "epsilon"))
 
+    def _fg(self):
+        """``(f, g, output dtype)``: the solve's potentials and the input dtype."""
+        f, g = (self.f, self.g) if self.fg_solve is None else self.fg_solve
+        return f, g, self.f.dtype
+
     def plan(self) -> jax.Array:
         """The dense transport plan (n x m); materialises it, also for blocked geometries."""
-        return self.geom.plan(self.f, self.g, self.a, self.b, self.epsilon)
+        f, g, dtype = self._fg()
+        return self.geom.plan(f, g, self.a, self.b, self.epsilon).astype(dtype)
 
     def apply(self, v: jax.Array, axis: int = 1) -> jax.Array:
         """``P @ v`` (``axis=1``, v: (m,) or (m, k)) or ``P.T @ v`` (``axis=0``), blockwise when
@@ -93,16 +112,19 @@ class SinkhornResult(NamedTuple):
             raise ValueError(f"SinkhornResult.apply: `v` must have shape ({expected},) or "
                              f"({expected}, k) for axis={axis}, got {tuple(v.shape)}.")
         vec = v.ndim == 1
-        out = self.geom.apply_plan(self.f, self.g, self.a, self.b, self.epsilon,
+        f, g, dtype = self._fg()
+        out = self.geom.apply_plan(f, g, self.a, self.b, self.epsilon,
                                    v[:, None] if vec else v, axis)
+        out = out.astype(jnp.result_type(dtype, v.dtype))
         return out[:, 0] if vec else out
 
     def marginals(self) -> tuple[jax.Array, jax.Array]:
         """``(P 1, P^T 1)``, by two log-sum-exp reductions (blockwise when blocked)."""
         eps = self.epsilon
-        rows = self.a * jnp.exp(self.f / eps + self.geom.lse(self.g / eps, eps, 1, self.b))
-        cols = self.b * jnp.exp(self.g / eps + self.geom.lse(self.f / eps, eps, 0, self.a))
-        return rows, cols
+        f, g, dtype = self._fg()
+        rows = self.a * jnp.exp(f / eps + self.geom.lse(g / eps, eps, 1, self.b))
+        cols = self.b * jnp.exp(g / eps + self.geom.lse(f / eps, eps, 0, self.a))
+        return rows.astype(dtype), cols.astype(dtype)
 
 
 def _default_progress(it, err, eps):
@@ -198,23 +220,63 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
 
 
 def finish(p: Prepared, f, g, ratio, *, converged, n_iters, error, errors, status, stats,
-           implicit_diff, cg_tol, cg_max_iter) -> SinkhornResult:
-    """Shared epilogue: implicit potentials (if asked), gauge, envelope value, result."""
+           implicit_diff, cg_tol, cg_max_iter, tol) -> SinkhornResult:
+    """Shared epilogue: implicit potentials (if asked), gauge, a SUCCESS re-checked on the
+    returned potentials against the caller's ``tol`` (:func:`_verify`), envelope value,
+    result."""
     live, a, b, eps, eps_live = p.live, p.a, p.b, p.eps, p.eps_live
     if implicit_diff:
         f, g = implicit.implicit_potentials(live, a, b, eps_live, f, g, cg_tol, cg_max_iter)
     f, g = loops.gauge(f, g, a, b)
     sg = jax.lax.stop_gradient
     dtype = eps.dtype
+    tol = jnp.asarray(tol, dtype)
+    error, status = _verify(p.pb._replace(tol=tol), sg(f), sg(g), sg(error), status,
+                            cond=loops.batch_cond if implicit_diff else jax.lax.cond)
+    converged = status == Status.SUCCESS
     cost = implicit.envelope_value(live, a, b, eps_live, sg(f), sg(g), sg(ratio), cg_tol,
                                    cg_max_iter)
-    cast = (lambda z: z.astype(p.in_dtype)) if p.in_dtype != dtype else (lambda z: z)
     geom = p.geom
-    return SinkhornResult(
-        cost=cast(cost), f=cast(f), g=cast(g), converged=converged, n_iters=n_iters,
-        error=cast(error), errors=cast(errors), status=status, a=a, b=b, epsilon=eps,
+    return cast_result(SinkhornResult(
+        cost=cost, f=f, g=g, converged=converged, n_iters=n_iters,
+        error=error, errors=errors, status=status, a=a, b=b, epsilon=eps,
         # a CostMatrix leaves as its fill value only: returning C would copy n x m each call
-        geom=geom.fill if isinstance(geom, CostMatrix) else geom, stats=stats)
+        geom=geom.fill if isinstance(geom, CostMatrix) else geom, stats=stats), p.in_dtype)
+
+
+def cast_result(res: SinkhornResult, dtype) -> SinkhornResult:
+    """``res`` with its values (cost, f, g, error, errors) in ``dtype``, the input's, and the
+    solve's potentials kept in ``fg_solve`` for the methods; ``res`` when ``dtype`` is the
+    solve's."""
+    if jnp.dtype(dtype) == res.f.dtype:
+        return res
+    c = lambda z: z.astype(dtype)  # noqa: E731
+    return res._replace(cost=c(res.cost), f=c(res.f), g=c(res.g), error=c(res.error),
+                        errors=c(res.errors), fg_solve=(res.f, res.g))
+
+
+def _verify(pb: loops.Problem, f, g, error, status, cond=jax.lax.cond):
+    """A SUCCESS at ``tol < VERIFY_BELOW[dtype]`` is re-checked on the returned potentials
+    (two log-sum-exp passes, blockwise when blocked): their L1 marginal error becomes the
+    reported ``error``, and above ``tol`` the status is ``STALLED`` (``tol`` is below the
+    dtype's floor for this problem), never a SUCCESS the returned plan does not meet. The
+    check runs in the solve's dtype: in float32 its own rounding is a few percent of the error
+    near the floor (``benchmarks/float32_floor.py`` compares it with float64).
+    ``cond``: :func:`otreg._sinkhorn_loops.batch_cond` (a batch runs the check only when some
+    element needs it) except in the reverse-differentiated unrolled mode (``lax.cond``)."""
+    a, b, eps, tol = pb.a, pb.b, pb.eps, pb.tol
+    below = VERIFY_BELOW["float64" if eps.dtype == jnp.float64 else "float32"]
+    need = (status == Status.SUCCESS) & (tol < below)
+
+    def check(geom, a, b, eps, f, g, error):
+        rows = a * jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
+        cols = b * jnp.exp(g / eps + geom.lse(f / eps, eps, 0, a))
+        err = jnp.sum(jnp.abs(rows - a)) + jnp.sum(jnp.abs(cols - b))
+        return jnp.where(jnp.isfinite(err), err, jnp.inf).astype(error.dtype)
+
+    err = cond(need, check, lambda *ops: ops[-1], pb.geom, a, b, eps, f, g, error)
+    status = jnp.where(need & ~(err <= tol), Status.STALLED, status).astype(jnp.int32)
+    return err, status
 
 
 def reattach(res: SinkhornResult, geom) -> SinkhornResult:
@@ -247,7 +309,7 @@ def _solve(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, an
     return finish(p, state.f, state.g, state.ratio, converged=state.done & ~state.failed,
                   n_iters=state.it, error=state.err, errors=state.errors,
                   status=loops.final_status(state, p.status), stats=stats,
-                  implicit_diff=implicit_diff, cg_tol=cg_tol, cg_max_iter=cg_max_iter)
+                  implicit_diff=implicit_diff, cg_tol=cg_tol, cg_max_iter=cg_max_iter, tol=tol)
 
 
 def _dtype_of(geom):

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from otreg import _checks
-from otreg._math import safe_sqrt
+from otreg._math import HIGHEST, safe_sqrt
 from otreg.univariate import bad_weights, check_sort
 from otreg.univariate import solve as w1d_solve
 
@@ -39,7 +39,6 @@ __all__ = ["sliced_w2", "sample_directions"]
 
 _DEFAULT_KEY_SEED = 0
 GAMMA_MAX = 2.0  # the bounds are positively correlated with W2; gamma* is ~1 or below
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def sample_directions(key: jax.Array, n_projections: int, d: int, kind: str = "gaussian",
@@ -59,7 +58,7 @@ def sample_directions(key: jax.Array, n_projections: int, d: int, kind: str = "g
 
 def _control_variate(kind, xp, yp, a, b, x, y):
     """(c_l per direction, E c) for the lower or upper Gaussian bound."""
-    mx, my = a @ x, b @ y  # weighted means, (d,)
+    mx, my = jnp.matmul(a, x, precision=HIGHEST), jnp.matmul(b, y, precision=HIGHEST)  # means
     d = x.shape[-1]
     dm = mx - my
     c = (jnp.sum(a[:, None] * xp, 0) - jnp.sum(b[:, None] * yp, 0)) ** 2  # (theta . dm)^2
@@ -125,6 +124,7 @@ def sliced_w2(
     b = _checks.check_weights(b, m, "b", dtype, fn)
     _checks.check_weight_vector(a, "a", fn)
     _checks.check_weight_vector(b, "b", fn)
+    a, b = a.astype(dtype), b.astype(dtype)  # bfloat16/float16 weights are kept until checked
     n_projections = _checks.check_positive_int(n_projections, "n_projections", fn)
     _checks.check_option(control_variate, "control_variate", ("upper", "lower", None), fn)
     _checks.check_option(directions, "directions", ("gaussian", "orthogonal"), fn)
@@ -146,8 +146,8 @@ def _sliced(x, y, a, b, key, n_projections, control_variate, directions, squared
     bad = bad_weights(a) | bad_weights(b)  # under jit: NaN out, never a finite wrong value
     a, b = a / jnp.sum(a), b / jnp.sum(b)
     theta = sample_directions(key, n_projections, d, directions, x.dtype)
-    xp = jnp.matmul(x, theta.T, precision=_HIGHEST)  # (n, L)
-    yp = jnp.matmul(y, theta.T, precision=_HIGHEST)
+    xp = jnp.matmul(x, theta.T, precision=HIGHEST)  # (n, L)
+    yp = jnp.matmul(y, theta.T, precision=HIGHEST)
     if uniform and n == y.shape[0]:  # sort both and pair in order
         w = w1d_solve(xp.T, yp.T, None, None, 2.0)
     else:

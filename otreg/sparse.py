@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from otreg import _assignment, _checks, _qot_newton, _sparse_lbfgs
 from otreg._geom_checks import repair_geometry, validate_geometry_values
+from otreg._math import HIGHEST
 from otreg._repr import result_repr
 from otreg._simplex import (
     Columns,
@@ -56,7 +57,6 @@ __all__ = ["sparse_ot", "quadratic_ot", "SparseOTResult", "simplex_threshold"]
 SEMI_DUAL_MAX_SIZE = 10**6  # quadratic_ot's default formulation switches to the dual above
 INIT_SWEEPS = 2  # block-ascent sweeps that initialise quadratic OT for L-BFGS
 AUCTION_ROUNDS = 100  # k = 1 (uniform, square): bidding rounds per unit of max_iter
-HI = jax.lax.Precision.HIGHEST
 
 
 class SparseOTResult(NamedTuple):
@@ -106,10 +106,10 @@ class SparseOTResult(NamedTuple):
         return jnp.zeros((n, m), self.values.dtype).at[self.idx, cols].add(self.values)
 
     def marginals(self) -> tuple[jax.Array, jax.Array]:
-        """``(T 1, T^T 1)``."""
-        rows = jax.ops.segment_sum(self.values.ravel(), self.idx.ravel(),
-                                   num_segments=self.a.shape[0])
-        return rows, jnp.sum(self.values, axis=1)
+        """``(T 1, T^T 1)`` (summed in the solve's dtype, returned in the plan's)."""
+        t = self.values.astype(self.a.dtype)
+        rows = jax.ops.segment_sum(t.ravel(), self.idx.ravel(), num_segments=self.a.shape[0])
+        return rows.astype(self.values.dtype), jnp.sum(t, axis=1).astype(self.values.dtype)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -229,14 +229,14 @@ def _solve(geom, a, b, gamma, tol, *, k, formulation, max_iter, memory, solver):
         x = gather(alpha, cols) - cols.cost
         gb = gamma * b[:, None]
         col_val = jnp.sum(sg(y) * x, axis=1) - 0.5 * gb[:, 0] * jnp.sum(sg(y) ** 2, axis=1)
-        cost = jnp.dot(alpha, a, precision=HI) - jnp.dot(b, col_val, precision=HI)
+        cost = jnp.dot(alpha, a, precision=HIGHEST) - jnp.dot(b, col_val, precision=HIGHEST)
         t = b_s[:, None] * y
         beta = -sg(val)
     else:
         beta = p[1]
         t, _ = dual_columns(alpha, beta, Columns(cols.idx, sg(c_live)), gamma_s)
         sp = jnp.maximum(gather(alpha, cols) + beta[:, None] - cols.cost, 0.0)
-        cost = (jnp.dot(alpha, a, precision=HI) + jnp.dot(beta, b, precision=HI)
+        cost = (jnp.dot(alpha, a, precision=HIGHEST) + jnp.dot(beta, b, precision=HIGHEST)
                 - jnp.sum(sp * sp) / (2.0 * gamma))
     rows = row_sums(t, cols, n)
     error = jnp.sum(jnp.abs(rows - a_s)) + jnp.sum(jnp.abs(jnp.sum(t, axis=1) - b_s))

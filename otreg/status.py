@@ -44,13 +44,15 @@ class Status:
         "budget is too small, or the precision's floor was reached); raise `keep` or "
         "`cg_max_iter`, loosen `tol`, or use float64.",
         STALLED: "not converged: the solver became stationary (its steps stopped reducing the "
-        "objective or the error) before the marginal error reached `tol`; the floating-point "
-        "floor of the dtype or a small regularization was reached. Use float64, a larger "
-        "`gamma`/`epsilon`, or a looser `tol`.",
+        "objective or the error) before the marginal error reached `tol`, or its iterations "
+        "reached `tol` but the returned potentials, rounded to the dtype, do not; the "
+        "floating-point floor of the dtype or a small regularization was reached. Use float64, "
+        "a larger `gamma`/`epsilon`, or a looser `tol`.",
         ROW_GAP: "not converged: the solver of the semi-dual (relaxed) problem became stationary, "
         "but the plan it recovers misses the row marginal `a` by more than `tol` (the k-sparse "
-        "relaxation is not tight for this problem, or the nonsmooth solve stopped short). Raise "
-        "`k` or `gamma`, or loosen `tol`.",
+        "relaxation is not tight for this problem, or the nonsmooth solve stopped short: in "
+        "float32 its line search stops where objective changes fall below float32 "
+        "resolution). Raise `k` or `gamma`, use float64, or loosen `tol`.",
         BAD_PARAMETER: "invalid input: a traced hyperparameter (`epsilon`, `gamma`, `strength`) "
         "was not a positive finite number; it was replaced by a safe positive value and the "
         "result does not answer the problem asked. Pass a positive finite value.",

@@ -122,7 +122,12 @@ def test_warm_start_and_progress(rng):
     errs = np.asarray(r1.errors)
     k = -(-int(r1.n_iters) // 10)
     assert np.all(errs[:k] >= 0) and np.all(errs[k:] == -1)
-    assert float(r1.error) == pytest.approx(float(errs[k - 1]))
+    # tol 1e-5 < VERIFY_BELOW in float32: ``error`` is the re-check on the returned potentials
+    # (their float32 rounding moves it off the loop's last check), both at most tol
+    assert float(errs[k - 1]) <= 1e-5 and float(r1.error) <= 1e-5
+    r3 = otreg.sinkhorn(C, a, b, epsilon=0.5, tol=1e-3)  # no re-check: the loop's last check
+    errs3 = np.asarray(r3.errors)
+    assert float(r3.error) == float(errs3[errs3 >= 0][-1])
 
 
 def test_max_iter_reported(rng):
