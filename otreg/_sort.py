@@ -33,10 +33,14 @@ def _int_type(dtype):
 
 
 def to_key(x: jax.Array) -> jax.Array:
-    """Order-preserving signed-integer image of a float array (same width)."""
+    """Order-preserving signed-integer image of a float array (same width).
+
+    The barrier keeps XLA from constant-folding the bitcast: on CPU (jax 0.10), a folded
+    ``transpose(dot(constants))`` followed by ``bitcast_convert`` yields the bits in the wrong
+    layout, i.e. rows of another problem (``tests/test_sort_constant_folding.py``)."""
     it = _int_type(x.dtype)
     bits = jnp.iinfo(it).bits
-    i = jax.lax.bitcast_convert_type(x, it)
+    i = jax.lax.bitcast_convert_type(jax.lax.optimization_barrier(x), it)
     mask = jnp.array(jnp.iinfo(it).max, it)
     return i ^ ((i >> (bits - 1)) & mask)
 

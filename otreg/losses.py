@@ -159,8 +159,9 @@ def sliced_w2_loss(
     target: jax.Array,
     *,
     key: jax.Array | None = None,
-    n_projections: int = 128,
-    control_variate: str | None = "upper",
+    n_projections: int | None = None,
+    control_variate: str | None = "auto",
+    directions: Any = "auto",
     squared: bool = False,
     **kwargs: Any,
 ) -> jax.Array:
@@ -171,7 +172,9 @@ def sliced_w2_loss(
       key: PRNG key; every example gets its own directions (``key`` split over the batch).
         ``None`` is a fixed key: the same directions at every step (pass a fresh key per step
         for unbiased stochastic gradients).
-      n_projections, control_variate, squared, **kwargs: as in :func:`otreg.sliced_w2`.
+      n_projections, control_variate, directions, squared, **kwargs: as in
+        :func:`otreg.sliced_w2` (the same designs and ``"auto"`` rule; a directions function is
+        called with each example's key).
 
     Returns:
       ``(...)`` per-example :math:`\widehat{SW}_2` (or its square); NaN for an example with
@@ -186,7 +189,8 @@ def sliced_w2_loss(
         okx, x = _finite(x)
         oky, y = _finite(y)
         val = sliced_w2(x, y, key=k, n_projections=n_projections,
-                        control_variate=control_variate, squared=squared, **kwargs)
+                        control_variate=control_variate, directions=directions,
+                        squared=squared, **kwargs)
         return _flag(~(okx & oky), val)
 
     return _flat_map(one, batch, pred, target, keys)

@@ -21,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from otreg import _checks
 from otreg._math import safe_pow
@@ -66,6 +67,59 @@ def bad_weights(w: jax.Array) -> jax.Array:
     return jnp.any(~jnp.isfinite(w) | (w < 0), axis=-1) | ~(jnp.sum(w, axis=-1) > 0)
 
 
+def _axis_text(j: int, ndim: int) -> str:
+    """How a hint spells an axis: ``-1`` for the last one (the default), else its index."""
+    return "-1 (the default: samples on the last axis)" if j == ndim - 1 else str(j)
+
+
+def _weights_fit(ws: tuple, zs: tuple, a: int) -> bool:
+    """Whether weights of shape ``ws`` fit samples of shape ``zs`` with the samples on axis
+    ``a``: a 1-D vector of one weight per sample (shared by every problem), or a shape that
+    broadcasts to ``zs`` (NumPy rules) with one weight per sample on axis ``a``."""
+    n, d, wd = zs[a], len(zs), len(ws)
+    if wd == 1:
+        return ws[0] == n
+    off = d - wd
+    return (2 <= wd <= d and a >= off and ws[a - off] == n
+            and all(w in (1, zs[i + off]) for i, w in enumerate(ws)))
+
+
+def _layout_problem(us: tuple, vs: tuple, uws: tuple | None, vws: tuple | None,
+                    axis: int) -> str | None:
+    """What is wrong with these shapes when the samples are on ``axis`` (None: nothing).
+    ``axis`` is in range for both ``u`` and ``v``."""
+    au, av = axis % len(us), axis % len(vs)
+    bu, bv = us[:au] + us[au + 1:], vs[:av] + vs[av + 1:]
+    try:
+        np.broadcast_shapes(bu, bv)
+    except ValueError:
+        return (f"`u` of shape {us} and `v` of shape {vs} hold their samples on axis {axis} "
+                f"(lengths {us[au]} and {vs[av]}); their other (batch) axes {bu} and {bv} must "
+                f"match (or broadcast).")
+    for name, ws, zs, a, zname in (("u_weights", uws, us, au, "u"),
+                                   ("v_weights", vws, vs, av, "v")):
+        if ws is not None and not _weights_fit(ws, zs, a):
+            eg = tuple(zs[a] if i == a else 1 for i in range(len(zs)))
+            return (f"`{name}` of shape {ws} does not fit `{zname}` of shape {zs} with the "
+                    f"samples on axis {axis} (length {zs[a]}): pass weights of shape {zs}, "
+                    f"({zs[a]},) (one vector shared by every problem) or a shape that "
+                    f"broadcasts to {zs} with {zs[a]} entries on that axis (e.g. {eg}).")
+    return None
+
+
+def _layout_hint(us: tuple, vs: tuple, uws: tuple | None, vws: tuple | None, axis: int) -> str:
+    """If another sample axis makes every shape fit, say which one (a probable layout mix-up)."""
+    if len(us) != len(vs):
+        return ""
+    d = len(us)
+    for j in range(d):
+        if j != axis % d and _layout_problem(us, vs, uws, vws, j) is None:
+            where = (" for POT's layout (samples on axis 0) pass axis=0" if j == 0 else
+                     f" if the samples are on axis {j} pass axis={_axis_text(j, d)}")
+            return f" The samples are on axis {axis} (length {us[axis % d]});{where}."
+    return ""
+
+
 def wasserstein_1d(
     u: jax.Array,
     v: jax.Array,
@@ -74,34 +128,69 @@ def wasserstein_1d(
     *,
     p: float = 2.0,
     sort: str = "auto",
+    axis: int = -1,
 ) -> jax.Array:
-    r""":math:`W_p^p` between 1-D empirical measures, batched over leading axes.
+    r""":math:`W_p^p` between 1-D empirical measures, batched over the other axes.
+
+    The samples of each problem lie along ``axis`` of ``u`` and ``v`` (the last axis by
+    default); every other axis is a batch axis. POT's ``ot.wasserstein_1d`` keeps the samples
+    on axis 0 (columns are problems), so
+    ``ot.wasserstein_1d(u, v, uw, vw, p)`` equals
+    ``otreg.wasserstein_1d(u, v, uw, vw, p=p, axis=0)`` (POT's default is ``p=1``, ours
+    ``p=2``; POT expects normalised weights, here each weight vector is normalised).
 
     Args:
-      u, v: samples ``(..., n)`` and ``(..., m)`` (same leading shape).
-      u_weights, v_weights: non-negative weights of the same shapes (None = uniform); each is
-        normalised to sum to 1.
+      u, v: samples, ``n`` of them along ``axis`` of ``u`` and ``m`` along ``axis`` of ``v``
+        (e.g. ``(..., n)`` and ``(..., m)`` with ``axis=-1``; ``(n, k)`` and ``(m, k)`` with
+        ``axis=0``). The remaining (batch) axes must match or broadcast (NumPy rules).
+      u_weights, v_weights: non-negative weights (None = uniform); each problem's vector is
+        normalised to sum to 1. Accepted: the samples' own shape; a 1-D vector with one
+        weight per sample (``(n,)``), shared by every problem; or any shape that broadcasts
+        to the samples' shape (NumPy rules, in the samples' layout) with one weight per sample
+        on ``axis`` (e.g. ``(n, 1)`` with ``axis=0``).
       p: exponent, ``p >= 1`` (sorting is not optimal for ``p < 1``). Returns
         :math:`W_p^p` (like POT's ``ot.wasserstein_1d``).
       sort: ``"auto"`` or ``"xla"``: both the in-graph integer-key sort of
         :mod:`otreg._sort` (``"host"``, a NumPy callback, was removed: it could hang or abort).
+      axis: the axis of ``u`` and ``v`` that holds the samples (a Python int, negative counts
+        from the end); ``axis=0`` is POT's layout.
 
     Returns:
-      ``(...)`` array in the samples' dtype. Cost O((n + m) log(n + m)) per problem.
+      The batch shape (the broadcast shapes of ``u`` and ``v`` without ``axis``, the other
+      axes in their order) in the samples' dtype. Cost O((n + m) log(n + m)) per problem.
       Differentiable (forward and reverse mode) in the samples and the weights.
 
     Raises:
-      ValueError: on concrete inputs with NaN/inf samples, negative, non-finite or zero-mass
-        weights. Under ``jit`` such a problem returns NaN instead (never a finite wrong value).
+      TypeError: ``axis`` is not an int.
+      ValueError: ``axis`` out of range; shapes that do not fit (the message says the axis
+        that would fit, e.g. ``axis=0`` for POT's layout); on concrete inputs, NaN/inf samples,
+        negative, non-finite or zero-mass weights (per problem). Under ``jit`` such a problem
+        returns NaN instead (never a finite wrong value).
     """
     fn = "wasserstein_1d"
     u = _checks.float_array(u, "u", None, fn)
     v = _checks.float_array(v, "v", None, fn)
-    if u.ndim == 0 or v.ndim == 0 or u.shape[:-1] != v.shape[:-1]:
-        raise ValueError(f"{fn}: `u` and `v` must have shapes (..., n) and (..., m) with the same "
-                         f"leading shape; got {u.shape} and {v.shape}.")
-    if u.shape[-1] == 0 or v.shape[-1] == 0:
-        raise ValueError(f"{fn}: empty sample (u: {u.shape}, v: {v.shape}).")
+    if u.ndim == 0 or v.ndim == 0:
+        raise ValueError(f"{fn}: `u` and `v` must have at least one axis (the samples); got "
+                         f"shapes {u.shape} and {v.shape}.")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{fn}: `axis` must be an int, the axis of `u` and `v` that holds the "
+                        f"samples (-1: the last, 0: POT's layout); got {axis!r}.")
+    axis = int(axis)
+    for name, z in (("u", u), ("v", v)):
+        if not -z.ndim <= axis < z.ndim:
+            raise ValueError(f"{fn}: `axis`={axis} is out of range for `{name}` of shape "
+                             f"{z.shape}; pass an axis in [-{z.ndim}, {z.ndim}) (-1: samples on "
+                             f"the last axis, 0: POT's layout).")
+    ws = [None if w is None else _checks.float_array(w, name, None, fn)
+          for name, w in (("u_weights", u_weights), ("v_weights", v_weights))]
+    shapes = (u.shape, v.shape, *(None if w is None else w.shape for w in ws))
+    problem = _layout_problem(*shapes, axis)
+    if problem is not None:
+        raise ValueError(f"{fn}: {problem}{_layout_hint(*shapes, axis)}")
+    au, av = axis % u.ndim, axis % v.ndim
+    if u.shape[au] == 0 or v.shape[av] == 0:
+        raise ValueError(f"{fn}: empty sample (u: {u.shape}, v: {v.shape}, axis={axis}).")
     check_sort(sort, fn)
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1 <= p < float("inf"):
         raise ValueError(f"{fn}: `p` must be a finite number >= 1, got {p!r}; for p < 1 the "
@@ -111,16 +200,33 @@ def wasserstein_1d(
     u, v = u.astype(dtype), v.astype(dtype)
     _checks.check_finite(u, "u", fn, "samples")  # concrete only; under jit the result is NaN
     _checks.check_finite(v, "v", fn, "samples")
-    ws = []
-    for name, w, z in (("u_weights", u_weights, u), ("v_weights", v_weights, v)):
+    for i, (name, z, a) in enumerate((("u_weights", u, au), ("v_weights", v, av))):
+        w = ws[i]
         if w is not None:
-            w = _checks.float_array(w, name, None, fn)
-            if w.shape != z.shape:
-                raise ValueError(f"{fn}: `{name}` must have shape {z.shape}, got {w.shape}.")
-            _checks.check_weight_vector(w, name, fn)
-            w = w.astype(dtype)
-        ws.append(w)
-    return solve(u, v, ws[0], ws[1], float(p)).astype(in_dtype)
+            # per problem: the check reduces over the last axis, so move the samples there
+            wa = a - (z.ndim - w.ndim)  # the samples' axis in the weights (validated: >= 0)
+            last = w.ndim == 1 or wa == w.ndim - 1 or not _checks.is_concrete(w)
+            _checks.check_weight_vector(w if last else np.moveaxis(np.asarray(w), wa, -1),
+                                        name, fn)
+            ws[i] = w.astype(dtype)
+    return _solve_layout(u, v, ws[0], ws[1], float(p), au, av).astype(in_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _solve_layout(u, v, uw, vw, p, au, av):
+    """Samples to the last axis, batch axes and weights broadcast, then :func:`solve`: one
+    compiled program (no eager transposes or broadcasts), inlined under an outer ``jit``."""
+    moved = []
+    for z, w, a in ((u, uw, au), (v, vw, av)):
+        if w is not None and w.ndim > 1:  # broadcast in the samples' layout, then move
+            w = jnp.moveaxis(jnp.broadcast_to(w, z.shape), a, -1)
+        moved.append((jnp.moveaxis(z, a, -1), w))
+    (u, uw), (v, vw) = moved
+    batch = jnp.broadcast_shapes(u.shape[:-1], v.shape[:-1])
+    u, v = jnp.broadcast_to(u, batch + u.shape[-1:]), jnp.broadcast_to(v, batch + v.shape[-1:])
+    uw = None if uw is None else jnp.broadcast_to(uw, u.shape)
+    vw = None if vw is None else jnp.broadcast_to(vw, v.shape)
+    return solve(u, v, uw, vw, p)
 
 
 @functools.partial(jax.jit, static_argnums=4)

@@ -59,8 +59,13 @@ def test_sliced_equals_pot_with_same_directions(rng, x64):
     key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
     theta = np.asarray(sample_directions(key, 30, 4, dtype=jnp.float64))
     ref = ot.sliced_wasserstein_distance(x, y, a / a.sum(), None, projections=theta.T)
-    ours = otreg.sliced_w2(x, y, a, key=key, n_projections=30, control_variate=None)
+    ours = otreg.sliced_w2(x, y, a, key=key, n_projections=30, control_variate=None,
+                           directions="gaussian")
     np.testing.assert_allclose(ours, ref, rtol=1e-9)
+    # the same directions given as an array (POT's `projections=`, transposed) or a function
+    np.testing.assert_allclose(otreg.sliced_w2(x, y, a, directions=theta), ref, rtol=1e-9)
+    np.testing.assert_allclose(otreg.sliced_w2(x, y, a, directions=lambda k: 3.0 * theta),
+                               ref, rtol=1e-9)
 
 
 def test_sliced_d1_is_exact_and_translation(rng, x64):
@@ -74,7 +79,7 @@ def test_sliced_d1_is_exact_and_translation(rng, x64):
     key = jax.random.PRNGKey(3)
     theta = np.asarray(sample_directions(key, 64, d, dtype=jnp.float64))
     plain = otreg.sliced_w2(x, x + t, key=key, n_projections=64, control_variate=None,
-                            squared=True)
+                            directions="gaussian", squared=True)
     np.testing.assert_allclose(plain, np.mean((theta @ t) ** 2), rtol=1e-9)
     # the lower control variate is exactly (theta . t)^2: zero variance, exact expectation
     lower = otreg.sliced_w2(x, x + t, key=key, n_projections=64, control_variate="lower",
