@@ -34,21 +34,27 @@ projected samples. Cost O(L d (n + m) + L (n + m) log(n + m)).
 
 **The ``"auto"`` default** (:func:`auto_estimator`) picks the design and variate with the lowest
 error per millisecond, statically from d and L; ``benchmarks/sliced.py`` measures it (table in
-``benchmarks/RESULTS.md``). MSE of :math:`SW_2^2` relative to plain Monte Carlo at equal L
-(anisotropic Gaussians, n = 1000; the extra cost of every design is below the timing noise):
+``benchmarks/RESULTS.md``, section ``mse``, 2026-12-03). MSE of :math:`SW_2^2` relative to plain
+Monte Carlo at equal L, on anisotropic shifted Gaussians:
 
-=========  ==========================  =========================================
-d          auto                        why
-=========  ==========================  =========================================
-1          the one direction           exact
-2          ``qmc``                     equally spaced angles: spectral accuracy; both
-                                       variates are integrated exactly (L >= 2)
-3          ``qmc`` + ``"lower"``       L = 100: ~7,000x (QMC alone ~3,000x, lower alone
-                                       ~4x, orthogonal ~18x); L = 16: ~80x
->= 4       ``orthogonal``              d = 64: ~11x; the variates are constant on
-           (+ ``"lower"`` if d does    complete frames, and add little in high d
-           not divide L)
-=========  ==========================  =========================================
+=========  ===========================  ===========================================
+d          auto                         measured (gauss*, n = 1000; d = 784: n = 500)
+=========  ===========================  ===========================================
+1          the one direction            exact
+2          ``qmc``                      equal angles: spectral accuracy; both variates
+                                        are integrated exactly (L >= 2)
+3          ``qmc`` + ``"lower"``        L = 100: 6,240x (QMC alone 2,910x, orthogonal
+                                        5.5x, i.i.d. + upper 4.9x); L = 16: 65x
+>= 4,      ``orthogonal`` (+ ``lower``  complete frames integrate every quadratic form,
+L >= d/2   if d does not divide L)      so the variates add nothing there; d = 10:
+                                        78-88x; d = 64, L = 64-256: 5,000-6,900x
+>= 4,      ``gaussian`` + ``"upper"``   a frame of L << d directions barely repels:
+L < d/2                                 d = 784, L = 256: same MSE as a frame
+                                        (2.1e-7 vs 3.0e-7) at 0.6x its time (no QR)
+=========  ===========================  ===========================================
+
+(MSE ratio against plain Monte Carlo at equal L; the split of the squared mean gap is most of
+the gain on shifted clouds, the design most of it on centred ones.)
 """
 
 from __future__ import annotations
@@ -91,6 +97,8 @@ def auto_estimator(d: int, n_projections: int) -> tuple[str, str | None]:
         return "qmc", ("lower" if d == 2 and n_projections < 2 else None)
     if d == 3:
         return "qmc", "lower"
+    if 2 * n_projections < d:  # a frame this partial barely repels; its QR is not free
+        return "gaussian", "upper"
     return "orthogonal", ("lower" if n_projections % d else None)
 
 
@@ -270,11 +278,16 @@ def _sliced(x, y, a, b, key, theta, n_dir, design, control_variate, squared, uni
         theta = _directions.sample(key, n_dir, d, design, x.dtype)
     else:
         theta = theta / jnp.linalg.norm(theta, axis=-1, keepdims=True)
-    if control_variate is not None:  # centre the clouds (O(nd)): w becomes the centred w-bar
+    centre_points = control_variate is not None and n_dir >= d
+    if control_variate is not None:  # centred clouds: w becomes the centred w-bar
         mx, my = jnp.matmul(a, x, precision=HIGHEST), jnp.matmul(b, y, precision=HIGHEST)
+    if centre_points:  # O(nd), cheaper than centring the O(nL) projections when L >= d
         x, y = x - mx, y - my
     xp = jnp.matmul(x, theta.T, precision=HIGHEST)  # (n, L)
     yp = jnp.matmul(y, theta.T, precision=HIGHEST)
+    if control_variate is not None and not centre_points:
+        xp = xp - jnp.matmul(a, xp, precision=HIGHEST)
+        yp = yp - jnp.matmul(b, yp, precision=HIGHEST)
     if uniform and n == y.shape[0]:  # sort both and pair in order
         w = w1d_solve(xp.T, yp.T, None, None, 2.0)
     else:
@@ -290,7 +303,9 @@ def _sliced(x, y, a, b, key, theta, n_dir, design, control_variate, squared, uni
         else:
             q = jnp.matmul(a, xp * xp, precision=HIGHEST) + jnp.matmul(b, yp * yp,
                                                                         precision=HIGHEST)
-            eq = (jnp.sum(a * jnp.sum(x * x, -1)) + jnp.sum(b * jnp.sum(y * y, -1))) / d
+            cx, cy = (0.0, 0.0) if centre_points else (mx, my)  # one fused pass each
+            eq = (jnp.sum(a * jnp.sum((x - cx) ** 2, -1))
+                  + jnp.sum(b * jnp.sum((y - cy) ** 2, -1))) / d
             gid = _directions.groups("gaussian" if design == "user" else design, n_dir, d)
             est = est + _loo_mean(w, q, eq, jnp.asarray(gid), int(gid.max()) + 1)
     out = est if squared else safe_sqrt(est)

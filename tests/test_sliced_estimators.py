@@ -182,6 +182,8 @@ def test_auto_rule_and_errors(rng):
     assert auto_estimator(3, 16) == ("qmc", "lower")
     assert auto_estimator(64, 128) == ("orthogonal", None)
     assert auto_estimator(64, 100) == ("orthogonal", "lower")
+    assert auto_estimator(64, 32) == ("orthogonal", "lower")
+    assert auto_estimator(784, 256) == ("gaussian", "upper")
     x, y = rng.standard_normal((20, 5)), rng.standard_normal((20, 5))
     with pytest.raises(ValueError, match="qmc.*d <= 3"):
         otreg.sliced_w2(x, y, directions="qmc")
