@@ -450,7 +450,8 @@ def sliced_row(ctx):
     del xp, yp
 
     def ours(x, y, k):
-        return otreg.sliced_w2(x, y, key=k, n_projections=L, control_variate=None, squared=True)
+        return otreg.sliced_w2(x, y, key=k, n_projections=L, control_variate=None, squared=True,
+                               directions="gaussian")
 
     def theirs(x, y, k):
         from ott.tools.sliced import sliced_wasserstein

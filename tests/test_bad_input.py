@@ -362,7 +362,7 @@ CONCRETE: list[Case] = [
     Case("transforms.add_ot_penalty", "non_scalar",
          lambda d: _penalty(d, lambda p, k: p["w"] ** 2), ValueError, "penalty_fn"),
     Case("transforms.add_ot_penalty", "nan_gradient",
-         lambda d: _penalty(d, lambda p, k: jnp.sum(jnp.sqrt(p["w"]))), ValueError,
+         lambda d: _penalty(d, lambda p, k: jnp.sum(jnp.sqrt(-jnp.abs(p["w"]) - 1.0))), ValueError,
          "penalty_fn"),
     Case("transforms.wasserstein_weight_decay", "strength_0",
          lambda d: transforms.wasserstein_weight_decay(0.0, prior_std=1.0), ValueError,
