@@ -40,3 +40,31 @@ def clouds(rng, n, m, d, shift=1.0):
 
 def sqdist(x, y):
     return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+
+
+def smooth_central_difference(f, point, draw, steps=(1e-6, 1e-6, 1e-7, 1e-7, 1e-8)):
+    """``(tangents, fd)``: the central difference of ``f`` at ``point`` (a tuple of float64
+    arrays) along ``tangents = draw()``, on a direction and step ``h`` over which ``f`` is
+    smooth.
+
+    Sorting-based losses are piecewise smooth: the ranks (and, with weights, the quantile
+    breakpoints) change on a measure-zero set of inputs, where the derivative jumps. A central
+    difference across such a kink is not the derivative, and a random point lies within
+    ~1e-6 of one in about 1% of draws (thousands of projected pairs and breakpoints). A step is
+    accepted only when the forward and the backward Richardson estimates (``2 D(h/2) - D(h)``,
+    exact to O(h^2) where ``f`` is smooth on that side) agree with the central difference;
+    otherwise a fresh direction is drawn with the next (smaller) step. This never relaxes the
+    gradient check that follows: it only refuses to compare a derivative with a difference
+    quotient that is not one."""
+    f0 = float(f(*point))
+    for h in steps:
+        t = draw()
+        val = {s: float(f(*(p + s * h * d for p, d in zip(point, t, strict=True))))
+               for s in (-1, -0.5, 0.5, 1)}
+        central = (val[1] - val[-1]) / (2 * h)
+        fwd = 2 * (val[0.5] - f0) / (h / 2) - (val[1] - f0) / h
+        bwd = 2 * (f0 - val[-0.5]) / (h / 2) - (f0 - val[-1]) / h
+        tol = 1e-7 * (abs(central) + abs(f0)) + 1e-14 * abs(f0) / h + 1e-12
+        if abs(fwd - central) <= tol and abs(bwd - central) <= tol:
+            return t, central
+    raise AssertionError(f"no kink-free step among {steps}: is f smooth anywhere near here?")

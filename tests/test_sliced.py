@@ -8,6 +8,7 @@ import numpy as np
 import ot
 import pytest
 import scipy.stats
+from conftest import smooth_central_difference
 
 import otreg
 from otreg.sliced import sample_directions
@@ -42,10 +43,9 @@ def test_wasserstein_1d_batched_grad_ties(rng, x64):
     g = jax.grad(lambda u: otreg.wasserstein_1d(u, ties).sum())(jnp.zeros((4, 20)))
     assert bool(jnp.all(jnp.isfinite(g)))
     f = lambda u: otreg.wasserstein_1d(u, v, p=2).sum()  # noqa: E731
-    du = jnp.asarray(rng.standard_normal(u.shape))
-    h = 1e-6
-    np.testing.assert_allclose(jnp.vdot(jax.grad(f)(u), du), (f(u + h * du) - f(u - h * du)) /
-                               (2 * h), rtol=1e-6)
+    (du,), fd = smooth_central_difference(f, (u,), lambda: (
+        jnp.asarray(rng.standard_normal(u.shape)),))
+    np.testing.assert_allclose(jnp.vdot(jax.grad(f)(u), du), fd, rtol=1e-6)
     # the exact gradient: 2/n (u_i - v matched by rank), distinct values
     un, vn = np.asarray(u), np.asarray(v)
     ranks = np.argsort(np.argsort(un, axis=1), axis=1)
@@ -119,10 +119,9 @@ def test_sliced_grad_jit_vmap_and_errors(rng, x64):
         f = lambda x, cv=cv: otreg.sliced_w2(x, y, key=key, n_projections=16,  # noqa: E731
                                              control_variate=cv)
         g = jax.grad(f)(x)
-        dx = jnp.asarray(rng.standard_normal(x.shape))
-        h = 1e-6
-        np.testing.assert_allclose(jnp.vdot(g, dx), (f(x + h * dx) - f(x - h * dx)) / (2 * h),
-                                   rtol=1e-5)
+        (dx,), fd = smooth_central_difference(f, (x,), lambda: (
+            jnp.asarray(rng.standard_normal(x.shape)),))
+        np.testing.assert_allclose(jnp.vdot(g, dx), fd, rtol=1e-5)
         np.testing.assert_allclose(jax.jit(f)(x), f(x), rtol=1e-12)
     g0 = jax.grad(lambda x: otreg.sliced_w2(x, x))(x)
     assert bool(jnp.all(jnp.isfinite(g0))) and float(jnp.abs(g0).max()) == 0.0
@@ -163,11 +162,10 @@ def test_wasserstein_1d_weight_gradient_is_exact(rng, x64):
     for p in (1.0, 2.0, 3.0):
         f = lambda uw, vw, p=p: otreg.wasserstein_1d(u, v, uw, vw, p=p)  # noqa: E731
         gu, gv = jax.grad(f, (0, 1))(uw, vw)
-        h = 1e-6
         for _ in range(3):
-            du, dv = rng.standard_normal(n), rng.standard_normal(m)
-            du -= du.mean()  # a zero-sum direction, as in POT's emd_1d_dual_backprop test
-            fd = (f(uw + h * du, vw + h * dv) - f(uw - h * du, vw - h * dv)) / (2 * h)
+            # a zero-sum direction in uw, as in POT's emd_1d_dual_backprop test
+            (du, dv), fd = smooth_central_difference(f, (uw, vw), lambda: (
+                (lambda t: t - t.mean())(rng.standard_normal(n)), rng.standard_normal(m)))
             np.testing.assert_allclose(gu @ du + gv @ dv, fd, rtol=1e-6, atol=1e-10)
             # forward mode agrees with reverse mode
             np.testing.assert_allclose(jax.jvp(f, (uw, vw), (du, dv))[1], gu @ du + gv @ dv,
@@ -178,8 +176,7 @@ def test_wasserstein_1d_weight_gradient_is_exact(rng, x64):
     a = rng.uniform(0.1, 1, 20)
     key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
     g = lambda a: otreg.sliced_w2(x, y, a, key=key, control_variate=None)  # noqa: E731
-    da = rng.standard_normal(20)
-    fd = (g(a + 1e-6 * da) - g(a - 1e-6 * da)) / 2e-6
+    (da,), fd = smooth_central_difference(g, (a,), lambda: (rng.standard_normal(20),))
     np.testing.assert_allclose(jax.grad(g)(a) @ da, fd, rtol=1e-6)
 
 

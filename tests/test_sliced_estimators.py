@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import smooth_central_difference
 
 import otreg
 from otreg.sliced import auto_estimator
@@ -136,9 +137,8 @@ def test_gradients_every_design(rng, x64, design):
             return otreg.sliced_w2(x, y, a, key=key, n_projections=None if design == "user"
                                    else 7, directions=dirs, control_variate=cv)
         gx, ga = jax.grad(f, argnums=(0, 1))(x, a)
-        dx, da = jnp.asarray(rng.standard_normal(x.shape)), jnp.asarray(rng.uniform(-1, 1, 30))
-        h = 1e-6
-        fd = (f(x + h * dx, a + h * da) - f(x - h * dx, a - h * da)) / (2 * h)
+        (dx, da), fd = smooth_central_difference(f, (x, a), lambda: (
+            jnp.asarray(rng.standard_normal(x.shape)), jnp.asarray(rng.uniform(-1, 1, 30))))
         np.testing.assert_allclose(jnp.vdot(gx, dx) + jnp.vdot(ga, da), fd, rtol=1e-5)
         if cv != "auto":
             continue  # jit and vmap once per design (each is a compilation)
