@@ -35,21 +35,30 @@ def _int_type(dtype):
 def to_key(x: jax.Array) -> jax.Array:
     """Order-preserving signed-integer image of a float array (same width).
 
-    The barrier keeps XLA from constant-folding the bitcast: on CPU (jax 0.10), a folded
-    ``transpose(dot(constants))`` followed by ``bitcast_convert`` yields the bits in the wrong
-    layout, i.e. rows of another problem (``tests/test_sort_constant_folding.py``)."""
+    The bitcast acts on the flattened array: on CPU (jax 0.10), when XLA constant-folds a
+    ``transpose(dot(constants))`` (a cloud closed over by a jitted function) into a literal of
+    transposed layout, a ``bitcast_convert`` of it reads the bits in the wrong layout, i.e. the
+    rows of another problem (``tests/test_sort_constant_folding.py``). A 1-D array has one
+    layout. (An ``optimization_barrier`` before the bitcast also avoided the wrong values, but
+    full test runs then crashed in XLA's CPU compiler in about one long-lived process in
+    three; this form has neither.)"""
     it = _int_type(x.dtype)
     bits = jnp.iinfo(it).bits
-    i = jax.lax.bitcast_convert_type(jax.lax.optimization_barrier(x), it)
+    i = _bitcast_flat(x, it)
     mask = jnp.array(jnp.iinfo(it).max, it)
     return i ^ ((i >> (bits - 1)) & mask)
+
+
+def _bitcast_flat(x: jax.Array, dtype) -> jax.Array:
+    """``bitcast_convert_type`` through the flattened array (see :func:`to_key`)."""
+    return jax.lax.bitcast_convert_type(x.reshape(-1), dtype).reshape(x.shape)
 
 
 def _from_key(k: jax.Array, dtype) -> jax.Array:
     it = k.dtype
     bits = jnp.iinfo(it).bits
     mask = jnp.array(jnp.iinfo(it).max, it)
-    return jax.lax.bitcast_convert_type(k ^ ((k >> (bits - 1)) & mask), dtype)
+    return _bitcast_flat(k ^ ((k >> (bits - 1)) & mask), dtype)
 
 
 def sorted_keys(x: jax.Array) -> jax.Array:

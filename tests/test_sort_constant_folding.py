@@ -2,7 +2,7 @@
 
 On CPU (jax 0.10) XLA constant-folds ``transpose(dot(c1, c2))`` into a constant whose bits,
 reinterpreted by ``bitcast_convert`` (the integer sort keys), came out in the wrong layout: the
-rows of other problems. ``otreg._sort.to_key`` puts an optimization barrier before the bitcast.
+rows of other problems. ``otreg._sort.to_key`` bitcasts the flattened array (one layout).
 Every check compares the jitted call (the operand a folded constant) with the eager one.
 """
 
