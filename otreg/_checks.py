@@ -176,12 +176,16 @@ def check_weight_vector(w: Any, name: str, fn: str = "otreg") -> None:
                          f"positive mass.")
 
 
-def check_weight_values(a: jax.Array, b: jax.Array, fn: str = "otreg") -> None:
-    """On concrete inputs, raise if a weight is negative/non-finite or if the masses differ."""
+def check_weight_values(a: jax.Array, b: jax.Array, fn: str = "otreg",
+                        check_mass: bool = True) -> None:
+    """On concrete inputs, raise if a weight is negative/non-finite or (``check_mass``, balanced
+    problems) if the masses differ."""
     if not is_concrete(a, b):
         return
     check_weight_vector(a, "a", fn)
     check_weight_vector(b, "b", fn)
+    if not check_mass:
+        return
     an, bn = np.asarray(a), np.asarray(b)
     ma, mb = float(np.sum(an, dtype=np.float64)), float(np.sum(bn, dtype=np.float64))
     if abs(ma - mb) > float(mass_rtol(an, bn)) * max(ma, mb):
@@ -189,15 +193,16 @@ def check_weight_values(a: jax.Array, b: jax.Array, fn: str = "otreg") -> None:
                          f"equal masses: normalise both (e.g. `a / a.sum()`, `b / b.sum()`).")
 
 
-def repair_weights(a: jax.Array, b: jax.Array,
-                   rtol: Any = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def repair_weights(a: jax.Array, b: jax.Array, rtol: Any = None,
+                   check_mass: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
     """In-graph repair for traced weights: bad entries -> 0, a vector without positive mass ->
     uniform, ``b`` rescaled to the mass of ``a``.
 
     Returns ``(a, b, status)`` with ``status`` the highest-priority problem found (or SUCCESS):
     BAD_WEIGHTS for a negative or non-finite entry or a vector without positive mass,
     MASS_MISMATCH when the masses differ by more than ``rtol`` (default :func:`mass_rtol`;
-    pass the one of the weights as given when they were upcast since).
+    pass the one of the weights as given when they were upcast since). ``check_mass=False``
+    (relaxed marginals): the masses may differ, nothing is rescaled.
     """
     rtol = mass_rtol(a, b) if rtol is None else rtol
     bad = jnp.any(~jnp.isfinite(a) | (a < 0)) | jnp.any(~jnp.isfinite(b) | (b < 0))
@@ -209,7 +214,10 @@ def repair_weights(a: jax.Array, b: jax.Array,
     b = jnp.where(jnp.sum(b) > 0, b, jnp.full_like(b, 1.0 / b.shape[0]))
     ma, mb = jnp.sum(a), jnp.sum(b)
     mismatch = jnp.abs(ma - mb) > rtol * jnp.maximum(ma, mb)
-    b = b * (ma / mb)
+    if check_mass:
+        b = b * (ma / mb)
+    else:
+        mismatch = jnp.array(False)
     status = jnp.where(bad, Status.BAD_WEIGHTS, jnp.where(mismatch, Status.MASS_MISMATCH,
                                                           Status.SUCCESS))
     return a, b, status.astype(jnp.int32)
@@ -261,7 +269,7 @@ def check_option(value: Any, name: str, options: Iterable[Any], fn: str = "otreg
     return value
 
 
-def solve_dtype_and_weights(geom: Any, a: Any, b: Any):
+def solve_dtype_and_weights(geom: Any, a: Any, b: Any, check_mass: bool = True):
     """In-graph preamble shared by the solvers: the geometry in its solve dtype (float64 stays,
     everything else float32), uniform weights for ``None``, repaired weights.
 
@@ -272,5 +280,6 @@ def solve_dtype_and_weights(geom: Any, a: Any, b: Any):
     n, m = geom.shape
     a = jnp.full((n,), 1.0 / n, dtype) if a is None else a
     b = jnp.full((m,), 1.0 / m, dtype) if b is None else b
-    a, b, status = repair_weights(a.astype(dtype), b.astype(dtype), mass_rtol(a, b))
+    a, b, status = repair_weights(a.astype(dtype), b.astype(dtype), mass_rtol(a, b),
+                                  check_mass)
     return geom, a, b, status, in_dtype

@@ -146,12 +146,19 @@ def prefers_sns(geom, epsilon, *, tol=None) -> bool:
     return auto_reason(geom, epsilon, tol=tol)[0]
 
 
-def choose_solver(method: str, geom, epsilon, fn: str = "otreg", *, tol=None) -> Callable:
+def choose_solver(method: str, geom, epsilon, fn: str = "otreg", *, tol=None,
+                  relaxed: bool = False) -> Callable:
     """The entropic solver for ``method`` in ``"sinkhorn" | "sns" | "auto"`` (see
     :func:`prefers_sns` for what ``"auto"`` decides; pass the ``tol`` the solve will use, None
     for the default). Both solvers accept the same arguments and return a
-    :class:`~otreg.SinkhornResult`."""
+    :class:`~otreg.SinkhornResult`. ``relaxed`` (``rho``/``tau`` given): ``"auto"`` is Sinkhorn
+    and ``"sns"`` raises (its Newton steps solve the balanced dual only)."""
     _checks.check_option(method, "method", METHODS, fn)
+    if relaxed:
+        if method == "sns":
+            raise ValueError(f"{fn}: method='sns' solves balanced OT only; relaxed marginals "
+                             f"(`rho`/`tau`) need method='sinkhorn' (or 'auto').")
+        return sinkhorn
     if method == "auto":
         method = "sns" if prefers_sns(geom, epsilon, tol=tol) else "sinkhorn"
     return sns if method == "sns" else sinkhorn

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from otreg import _unbalanced as ub
 from otreg._math import HIGHEST, backend, safe_log, tiny_exponent
 from otreg.status import Status
 
@@ -147,6 +148,7 @@ class Problem(NamedTuple):
     n_stages: jax.Array  # int: index of the target stage
     decay: float
     tol: jax.Array
+    rho: object = None  # relaxed marginals: None (balanced) or (rho_a, rho_b), see _unbalanced
 
 
 class LoopState(NamedTuple):
@@ -180,11 +182,16 @@ def _log_sweeps(pb: Problem, f, g, R, eps, omega, n, n_max, differentiable=False
     differentiable); otherwise :func:`batch_cond` (a batch skips the sweeps no element needs).
     Returns ``(f, g, row ratio, L1 error of both marginals)``."""
 
-    def sweep(pb, eps, omega, carry):
+    def sweep(pb, eps, omega, carry):  # everything batched comes in as an operand
+        ra, rb = ub.side(pb.rho, 0), ub.side(pb.rho, 1)
         f, g, R, _ = carry
-        f = (1.0 - omega) * f - omega * eps * R
-        gs = -eps * pb.geom.lse(f / eps + safe_log(pb.a), eps, axis=0)
-        g = (1.0 - omega) * g + omega * gs
+        fs = -eps * R if ra is None else -ub.tau(ra, eps) * eps * R  # relaxed: tau * T(g)
+        f = (1.0 - omega) * f + omega * fs
+        gs = -eps * pb.geom.lse(f / eps + safe_log(pb.a), eps, axis=0)  # balanced T(f)
+        g = (1.0 - omega) * g + omega * (gs if rb is None else ub.tau(rb, eps) * gs)
+        if not ub.is_balanced(pb.rho):  # translation-invariant step (the marginals keep)
+            lam = ub.shift(f, g, pb.a, pb.b, pb.rho)
+            f, g, gs = f + lam, g - lam, gs - lam
         return f, g, pb.geom.lse(g / eps + safe_log(pb.b), eps, axis=1), gs
 
     cond = jax.lax.cond if differentiable else batch_cond
@@ -192,7 +199,9 @@ def _log_sweeps(pb: Problem, f, g, R, eps, omega, n, n_max, differentiable=False
         0, n_max, lambda i, c: cond(i < n, sweep, lambda pb, eps, omega, c: c, pb, eps, omega, c),
         (f, g, R, g))
     ratio = jnp.exp(f / eps + R)
-    return f, g, ratio, _row_error(pb.a, ratio) + _row_error(pb.b, jnp.exp((g - gs) / eps))
+    ra, rb = ub.side(pb.rho, 0), ub.side(pb.rho, 1)
+    return f, g, ratio, (ub.l1_residual(pb.a, ratio, f, ra)
+                         + ub.l1_residual(pb.b, jnp.exp((g - gs) / eps), g, rb))
 
 
 def _row_lse(pb: Problem, g, eps):
@@ -345,24 +354,37 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
     cond_outer = _cond(max_iter)
 
     def kernel_block(pb: Problem, s: LoopState):
+        ra, rb = ub.side(pb.rho, 0), ub.side(pb.rho, 1)
         a, b = pb.a, pb.b
         eps = stage_eps(pb, s.stage)
         K = pb.geom.kernel(s.f, s.g, eps, a, b)
         one_n, one_m = jnp.ones_like(a), jnp.ones_like(b)
+        # a relaxed side's update is u = e^{l} r^{-tau}, l = -f / (rho + eps) for the absorbed f
+        # (f + eps log u = tau T(g)); None on a hard side (u = 1 / r)
+        side_a = None if ra is None else (-s.f / (ra + eps), ub.tau(ra, eps))
+        side_b = None if rb is None else (-s.g / (rb + eps), ub.tau(rb, eps))
 
         def sweeps(relaxed):
             """A block of sweeps; ``relaxed``: over-relaxed by omega (two more transcendental
             passes over u and v per sweep), else plain (u = 1 / r)."""
-            def scale(x, other, omega):
+            def scale(x, other, omega, lt):
+                if lt is not None:  # relaxed marginal: log target l - tau log(other)
+                    step = lt[0] - lt[1] * jnp.log(other)
+                    return x * jnp.exp(omega * (step - jnp.log(x))) if relaxed else jnp.exp(step)
                 return x * jnp.exp(-omega * jnp.log(x * other)) if relaxed else 1.0 / other
 
-            def run(n, K, a, b, omega, c):
+            def run(n, K, a, b, omega, sides, fg, c):
                 def sweep(_, c):
                     u, v, r, sv, rmin, rmax, smin, smax = c
-                    u = scale(u, r, omega)
+                    u = scale(u, r, omega, sides[0])
                     sv = jnp.matmul(a * u, K, precision=HIGHEST)
-                    v = scale(v, sv, omega)
+                    v = scale(v, sv, omega, sides[1])
                     r = jnp.matmul(K, b * v, precision=HIGHEST)
+                    if fg is not None:  # relaxed: translation-invariant step (ratios keep)
+                        lam = ub.shift(fg[0] + fg[2] * jnp.log(u), fg[1] + fg[2] * jnp.log(v),
+                                       a, b, fg[3])
+                        t = jnp.exp(lam / fg[2])
+                        u, v, r, sv = u * t, v / t, r / t, sv * t
                     return (u, v, r, sv, jnp.minimum(rmin, jnp.min(r)),
                             jnp.maximum(rmax, jnp.max(r)), jnp.minimum(smin, jnp.min(sv)),
                             jnp.maximum(smax, jnp.max(sv)))
@@ -377,12 +399,21 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
             n = block_length(pb, st.outer.stage, check_every, st.outer.it, max_iter)
             u, v, r, sv, rmin, rmax, smin, smax = batch_cond(
                 omega == 1.0, sweeps(False), sweeps(True), n, K, a, b, omega,
+                (side_a, side_b), None if ub.is_balanced(pb.rho) else (s.f, s.g, eps, pb.rho),
                 (u, v, r, 1.0 / v, rmin, rmax, smin, smax))
             ratio = u * r
-            err = _row_error(a, ratio) + _row_error(b, v * sv)
+            if ub.is_balanced(pb.rho):
+                err = _row_error(a, ratio) + _row_error(b, v * sv)
+            else:  # the optimality residual at the updated (f + eps log u, g + eps log v)
+                err = (ub.l1_residual(a, ratio, s.f + eps * jnp.log(u), ra)
+                       + ub.l1_residual(b, v * sv, s.g + eps * jnp.log(v), rb))
             hard = ~(jnp.isfinite(err) & (rmin > hard_lo) & (rmax < hard_hi)
                      & (smin > hard_lo) & (smax < hard_hi))
             soft = (rmin < lo) | (rmax > hi) | (smin < lo) | (smax > hi)
+            for z, relaxed_side in ((u, ra), (v, rb)):  # a relaxed scaling is not 1 / r
+                if relaxed_side is not None:
+                    hard = hard | ~((jnp.min(z) > hard_lo) & (jnp.max(z) < hard_hi))
+                    soft = soft | (jnp.min(z) < lo) | (jnp.max(z) > hi)
             o = st.outer
             rec = _record(o, pb, o.f, o.g, ratio, err, n, check_every)
             report(progress, rec.it, err, eps, ~hard)  # a discarded block is redone, not shown
@@ -396,7 +427,9 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
         init = _Inner(one_n, one_m, jnp.matmul(K, b, precision=HIGHEST),
                       s._replace(use_log=jnp.array(False)), jnp.array(0))
         st = jax.lax.while_loop(lambda st: st.exit == 0, inner_body, init)
-        f, g = gauge(s.f + eps * jnp.log(st.u), s.g + eps * jnp.log(st.v), a, b)
+        f, g = s.f + eps * jnp.log(st.u), s.g + eps * jnp.log(st.v)
+        if ub.is_balanced(pb.rho):  # a relaxed problem has no gauge freedom
+            f, g = gauge(f, g, a, b)
         return st.outer._replace(f=f, g=g)
 
     log_body = _log_body(check_every, progress, max_iter)

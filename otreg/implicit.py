@@ -42,6 +42,13 @@ Memory: O(n + m) beyond the geometry for blocked geometries (P is never material
 geometries hold P between the forward and the backward pass. Independent of the number of
 Sinkhorn iterations. Reference: Luise et al. 2018; Eisenberger et al. 2022; the same system as
 Newton steps on the dual.
+
+Relaxed marginals (``rho = (rho_a, rho_b)``, :mod:`otreg._unbalanced`): the conditions become
+:math:`F = (a e^{-f/\rho_a} - P\mathbf 1,\ b e^{-g/\rho_b} - P^\top\mathbf 1)` and
+:math:`-\varepsilon\partial_z F = H + \mathrm{diag}(\tfrac{\varepsilon}{\rho_a} a
+e^{-f/\rho_a}, \tfrac{\varepsilon}{\rho_b} b e^{-g/\rho_b})`: the same Schur-complement
+solve on the augmented diagonals. With a relaxed side the system is definite (no gauge
+kernel), so the cotangent is not projected.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from otreg import _unbalanced as ub
 from otreg._math import HIGHEST, cg
 from otreg.geometry import CostMatrix
 
@@ -64,12 +72,15 @@ def default_cg_tol(dtype) -> float:
     return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-5
 
 
-def marginal_residual(geom, a, b, eps, f, g):
+def marginal_residual(geom, a, b, eps, f, g, rho=None):
     """``F(z; theta) = (a - P 1, b - P^T 1)`` through log-sum-exp reductions (blockwise if
-    the geometry is blocked)."""
+    the geometry is blocked); ``a e^{-f/rho_a} - P 1`` on a relaxed side."""
     rows = a * jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
     cols = b * jnp.exp(g / eps + geom.lse(f / eps, eps, 0, a))
-    return a - rows, b - cols
+    ra, rb = ub.side(rho, 0), ub.side(rho, 1)
+    ta = a if ra is None else a * ub.target(f, ra)
+    tb = b if rb is None else b * ub.target(g, rb)
+    return ta - rows, tb - cols
 
 
 def _plan_operators(geom, a, b, eps, f, g):
@@ -93,9 +104,15 @@ class _System(NamedTuple):
     solve: object  # (rf, rg) -> ((w_f, w_g), relative Schur residual, CG products)
 
 
-def _system(geom, a, b, eps, f, g, tol, max_iter) -> _System:
+def _system(geom, a, b, eps, f, g, tol, max_iter, rho=None) -> _System:
     """The dual Hessian H at (f, g) and its Schur-complement CG solve (see module doc)."""
     pv, ptu, r, c = _plan_operators(geom, a, b, eps, f, g)
+    ra, rb = ub.side(rho, 0), ub.side(rho, 1)
+    if ra is not None:  # relaxed: H's diagonal gains eps / rho * a e^{-f/rho}
+        r = r + eps / ra * a * ub.target(f, ra)
+    if rb is not None:
+        c = c + eps / rb * b * ub.target(g, rb)
+    project = ub.is_balanced(rho)
     row_on, col_on = r > 0, c > 0
     inv_r = jnp.where(row_on, 1.0 / jnp.where(row_on, r, 1.0), 0.0)
     inv_c = jnp.where(col_on, 1.0 / jnp.where(col_on, c, 1.0), 0.0)
@@ -107,8 +124,9 @@ def _system(geom, a, b, eps, f, g, tol, max_iter) -> _System:
 
     def solve(rhs):
         rf, rg = (jnp.where(on, z, 0.0) for on, z in zip((row_on, col_on), rhs, strict=True))
-        t = (jnp.sum(rf) - jnp.sum(rg)) / n_on  # project onto 1^T r_f = 1^T r_g
-        rf, rg = jnp.where(row_on, rf - t, 0.0), jnp.where(col_on, rg + t, 0.0)
+        if project:  # balanced: project onto 1^T r_f = 1^T r_g (H's range)
+            t = (jnp.sum(rf) - jnp.sum(rg)) / n_on
+            rf, rg = jnp.where(row_on, rf - t, 0.0), jnp.where(col_on, rg + t, 0.0)
         schur = lambda v: c * v - ptu(inv_r * pv(v))  # noqa: E731
         rhs_s = rg - ptu(rf * inv_r)
         wg, k = cg(schur, rhs_s, lambda v: inv_c * v, rtol=tol, max_iter=max_iter)
@@ -123,11 +141,11 @@ def _system(geom, a, b, eps, f, g, tol, max_iter) -> _System:
     return _System(matvec, solve)
 
 
-def solve_hessian(geom, a, b, eps, f, g, rf, rg, *, tol, max_iter):
+def solve_hessian(geom, a, b, eps, f, g, rf, rg, *, tol, max_iter, rho=None):
     """Solve ``H (w_f, w_g) = (r_f, r_g)`` for the dual Hessian at (f, g); rhs must satisfy
-    ``sum(r_f) == sum(r_g)`` (projected here). Returns ``(w_f, w_g)``, zero on zero-weight atoms,
-    finite in every case."""
-    (wf, wg), _, _ = _system(geom, a, b, eps, f, g, tol, max_iter).solve((rf, rg))
+    ``sum(r_f) == sum(r_g)`` (projected here) when balanced. Returns ``(w_f, w_g)``, zero on
+    zero-weight atoms, finite in every case."""
+    (wf, wg), _, _ = _system(geom, a, b, eps, f, g, tol, max_iter, rho).solve((rf, rg))
     return wf, wg
 
 
@@ -138,38 +156,41 @@ def _linear_solve(system: _System, rhs):
                                        lambda _, r: system.solve(r)[0], symmetric=True)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(6, 7))
-def implicit_potentials(geom, a, b, eps, f, g, cg_tol, cg_max_iter):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(7, 8))
+def implicit_potentials(geom, a, b, eps, f, g, rho, cg_tol, cg_max_iter):
     """Identity on solved potentials ``(f, g)`` whose derivatives are the implicit ones (see
-    module doc), in C (or x, y), a, b and epsilon; forward and reverse mode, any order."""
+    module doc), in C (or x, y), a, b, epsilon and the relaxation ``rho`` (None: balanced);
+    forward and reverse mode, any order."""
     return f, g
 
 
 @implicit_potentials.defjvp
 def _implicit_jvp(cg_tol, cg_max_iter, primals, tangents):
-    geom, a, b, eps, f, g = primals
-    dgeom, da, db, deps, _, _ = tangents
+    geom, a, b, eps, f, g, rho = primals
+    dgeom, da, db, deps, _, _, drho = tangents
     # the potentials in the rule are implicit too: a derivative of this tangent (second order)
     # then moves them with theta (this call is the identity when nothing outer differentiates)
-    fi, gi = implicit_potentials(geom, a, b, eps, f, g, cg_tol, cg_max_iter)
-    _, dF = jax.jvp(lambda geom, a, b, eps: marginal_residual(geom, a, b, eps, fi, gi),
-                    (geom, a, b, eps), (dgeom, da, db, deps))
-    system = _system(geom, a, b, eps, fi, gi, cg_tol, cg_max_iter)
+    fi, gi = implicit_potentials(geom, a, b, eps, f, g, rho, cg_tol, cg_max_iter)
+    _, dF = jax.jvp(lambda geom, a, b, eps, rho: marginal_residual(geom, a, b, eps, fi, gi, rho),
+                    (geom, a, b, eps, rho), (dgeom, da, db, deps, drho))
+    system = _system(geom, a, b, eps, fi, gi, cg_tol, cg_max_iter, rho)
     df, dg = _linear_solve(system, (eps * dF[0], eps * dF[1]))
     return (f, g), (df, dg)
 
 
-def dual_value(geom, a, b, eps, f, g):
-    """Dual objective <f, a> + <g, b> - eps (sum P - |a| |b|), one log-sum-exp pass."""
+def dual_value(geom, a, b, eps, f, g, rho=None):
+    """Dual objective <f, a> + <g, b> - eps (sum P - |a| |b|), one log-sum-exp pass (relaxed
+    sides: :func:`otreg._unbalanced.mass_term` instead of <f, a>)."""
     ratio = jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
-    return _dot(f, a) + _dot(g, b) - eps * (_dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
+    return (ub.mass_term(f, a, ub.side(rho, 0)) + ub.mass_term(g, b, ub.side(rho, 1))
+            - eps * (_dot(a, ratio) - jnp.sum(a) * jnp.sum(b)))
 
 
 def _dot(u, v):
     return jnp.dot(u, v, precision=HIGHEST)
 
 
-def envelope_value(geom, a, b, eps, f, g, ratio, cg_tol=None, cg_max_iter=1000):
+def envelope_value(geom, a, b, eps, f, g, ratio, cg_tol=None, cg_max_iter=1000, rho=None):
     """:func:`dual_value` from the row ratio ``P 1 / a`` the solver already has (no pass over C).
 
     Its derivative (``custom_jvp``) is that of :func:`dual_value` at fixed (f, g): the envelope
@@ -178,22 +199,29 @@ def envelope_value(geom, a, b, eps, f, g, ratio, cg_tol=None, cg_max_iter=1000):
     :func:`implicit_potentials`, so second derivatives (``jax.hessian``, ``jacrev(jacrev)``,
     forward over reverse) are exact too. Pass ``f``, ``g``, ``ratio`` under ``stop_gradient``
     (they get no derivative here); ``cg_tol``/``cg_max_iter`` configure the implicit solve that
-    only second derivatives run."""
+    only second derivatives run. ``rho``: relaxed marginals (differentiable), None when
+    balanced."""
     cg_tol = default_cg_tol(jnp.result_type(f)) if cg_tol is None else float(cg_tol)
-    return _envelope(cg_tol, int(cg_max_iter), geom, a, b, eps, f, g, ratio)
+    return _envelope(cg_tol, int(cg_max_iter), geom, a, b, eps, f, g, ratio, rho)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _envelope(cg_tol, cg_max_iter, geom, a, b, eps, f, g, ratio):
-    return _dot(f, a) + _dot(g, b) - eps * (_dot(a, ratio) - jnp.sum(a) * jnp.sum(b))
+def _envelope(cg_tol, cg_max_iter, geom, a, b, eps, f, g, ratio, rho):
+    return (ub.mass_term(f, a, ub.side(rho, 0)) + ub.mass_term(g, b, ub.side(rho, 1))
+            - eps * (_dot(a, ratio) - jnp.sum(a) * jnp.sum(b)))
 
 
 @_envelope.defjvp
 def _envelope_jvp(cg_tol, cg_max_iter, primals, tangents):
-    geom, a, b, eps, f, g, ratio = primals
+    geom, a, b, eps, f, g, ratio, rho = primals
     dgeom, da, db, deps = tangents[:4]
-    value = _envelope(cg_tol, cg_max_iter, geom, a, b, eps, f, g, ratio)
-    f, g = implicit_potentials(geom, a, b, eps, f, g, cg_tol, cg_max_iter)
+    drho = tangents[7]
+    value = _envelope(cg_tol, cg_max_iter, geom, a, b, eps, f, g, ratio, rho)
+    f, g = implicit_potentials(geom, a, b, eps, f, g, rho, cg_tol, cg_max_iter)
+    drho_term = 0.0  # the mass terms' derivative in rho (relaxed only): O(n + m)
+    if not ub.is_balanced(rho):
+        _, drho_term = jax.jvp(lambda r: ub.mass_term(f, a, ub.side(r, 0))
+                               + ub.mass_term(g, b, ub.side(r, 1)), (rho,), (drho,))
     if isinstance(geom, CostMatrix):  # closed form from one pass over the kernel
         C, dC = jax.jvp(lambda G: G.cost_matrix, (geom,), (dgeom,))
         K = geom.kernel(f, g, eps, a, b)
@@ -201,15 +229,15 @@ def _envelope_jvp(cg_tol, cg_max_iter, primals, tangents):
         mass_a, mass_b = jnp.sum(a), jnp.sum(b)
         row_ratio = jnp.matmul(K, b, precision=HIGHEST)  # P 1 / a, also at zero weights
         col_ratio = jnp.matmul(a, K, precision=HIGHEST)  # P^T 1 / b
-        a_bar = f - eps * (row_ratio - mass_b)
-        b_bar = g - eps * (col_ratio - mass_a)
+        a_bar = ub.phi(f, ub.side(rho, 0)) - eps * (row_ratio - mass_b)
+        b_bar = ub.phi(g, ub.side(rho, 1)) - eps * (col_ratio - mass_a)
         logK = jnp.where(P > 0, (f[:, None] + g[None, :] - C) / eps, 0.0)
         eps_bar = -(_dot(a, row_ratio) - mass_a * mass_b) + jnp.sum(P * logK)
         tangent = jnp.sum(P * dC) + _dot(a_bar, da) + _dot(b_bar, db) + eps_bar * deps
     else:
-        _, tangent = jax.jvp(lambda G, a, b, e: dual_value(G, a, b, e, f, g),
+        _, tangent = jax.jvp(lambda G, a, b, e: dual_value(G, a, b, e, f, g, rho),
                              (geom, a, b, eps), (dgeom, da, db, deps))
-    return value, tangent
+    return value, tangent + drho_term
 
 
 class BackwardCheck(NamedTuple):
@@ -247,6 +275,7 @@ def backward_check(res, fbar=None, gbar=None, *, cg_tol=None, cg_max_iter=1000) 
     fbar = jnp.linspace(-1.0, 1.0, n, dtype=dtype) if fbar is None else jnp.asarray(fbar, dtype)
     gbar = jnp.linspace(1.0, -1.0, m, dtype=dtype) if gbar is None else jnp.asarray(gbar, dtype)
     cg_tol = default_cg_tol(dtype) if cg_tol is None else float(cg_tol)
-    _, rel, k = _system(geom, a, b, eps, f, g, cg_tol, cg_max_iter).solve(
+    _, rel, k = _system(geom, a, b, eps, f, g, cg_tol, cg_max_iter,
+                        getattr(res, "rho", None)).solve(
         (eps * fbar, eps * gbar))
     return BackwardCheck(rel, k, rel <= cg_tol)

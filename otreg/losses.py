@@ -95,6 +95,8 @@ def sinkhorn_divergence_loss(
     block_size: int | None = None,
     init: tuple | None = None,
     return_potentials: bool = False,
+    rho: float | jax.Array | None = None,
+    tau: float | jax.Array | None = None,
     **kwargs: Any,
 ) -> jax.Array | tuple[jax.Array, tuple]:
     r"""Debiased Sinkhorn divergence between point sets, per example.
@@ -111,6 +113,9 @@ def sinkhorn_divergence_loss(
         (e.g. the last training step: keep them in the training state). Same values and
         gradients, fewer iterations (:func:`otreg.sinkhorn_divergence`, ``init``).
       return_potentials: also return those potentials, for the next call's ``init``.
+      rho, tau: relaxed marginals (unbalanced divergence with the mass correction; weights of
+        any masses), as in :func:`otreg.sinkhorn_divergence`: robust to outliers and to
+        class imbalance between the two sets.
 
     Returns:
       ``(...)``: :math:`S_\varepsilon` of each example (see :func:`otreg.sinkhorn_divergence`);
@@ -144,7 +149,7 @@ def sinkhorn_divergence_loss(
         okx, x = _finite(x)
         oky, y = _finite(y)
         val, aux = sinkhorn_divergence(x, y, a, b, epsilon=epsilon, cost=cost,
-                                       block_size=block_size,
+                                       block_size=block_size, rho=rho, tau=tau,
                                        init=None if f0 is None else (f0, g0, p0, q0), **kwargs)
         return (_flag(~(okx & oky) | _input_problem(aux.status), val),
                 (aux.ot_xy.f, aux.ot_xy.g, aux.p, aux.q))

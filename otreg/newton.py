@@ -136,6 +136,8 @@ def sns(
     implicit_diff: bool = True,
     line_search_steps: int = 12,
     block_sweeps: int = 50,
+    rho: Any = None,
+    tau: Any = None,
 ) -> SinkhornResult:
     r"""Entropic OT by Sinkhorn-Newton-Sparse (Tang et al., ICLR 2024): the problem of
     :func:`otreg.sinkhorn`, in far fewer iterations at small epsilon.
@@ -171,6 +173,8 @@ def sns(
       line_search_steps: most step halvings before a step counts as failed.
       block_sweeps: Sinkhorn sweeps taken in place of a Newton step (failed line search, or
         too little kept mass).
+      rho, tau: not supported (a ValueError): relaxed marginals are solved by
+        :func:`otreg.sinkhorn`; present so that a shared call names the right solver.
 
     Returns:
       :class:`~otreg.SinkhornResult`, as from :func:`otreg.sinkhorn`. ``n_iters`` counts each
@@ -188,6 +192,9 @@ def sns(
     ``max_iter`` iterations ran out. The result is finite in every case.
     """
     fn = "sns"
+    if rho is not None or tau is not None:
+        raise ValueError(f"{fn}: relaxed marginals (`rho`/`tau`) are solved by "
+                         f"otreg.sinkhorn(..., rho=...); sns solves balanced OT only.")
     geom, a, b, max_abs, tol, init, progress = validate_problem(
         fn, geom, a, b, epsilon, tol, init, progress)
     keep = resolve_keep(keep, geom.shape[1], fn)

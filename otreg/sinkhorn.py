@@ -24,6 +24,7 @@ import numpy as np
 
 from otreg import _checks, implicit
 from otreg import _sinkhorn_loops as loops
+from otreg import _unbalanced as ub
 from otreg._geom_checks import repair_geometry, validate_geometry_values
 from otreg._repr import result_repr
 from otreg.geometry import CostMatrix, as_geometry
@@ -66,6 +67,8 @@ class SinkhornResult(NamedTuple):
       geom, a, b, epsilon: the problem solved (weights after validation, epsilon resolved), in
         the solve's dtype.
       stats: :class:`SolverStats` (Sinkhorn sweeps, Newton steps, CG products, fallbacks).
+      rho: the relaxation solved, ``(rho_a, rho_b)`` (None on a hard side; ``tau`` converted),
+        or None for balanced OT.
       fg_solve: ``(f, g)`` in the solve's dtype (float32) when the input was bfloat16 or
         float16, else None. ``cost``, ``f``, ``g``, ``error``, ``errors`` and the outputs of
         ``plan()``, ``apply()``, ``marginals()`` are in the input dtype; the methods compute
@@ -86,6 +89,7 @@ class SinkhornResult(NamedTuple):
     epsilon: jax.Array
     stats: Any = None
     fg_solve: Any = None
+    rho: Any = None
 
     def __repr__(self) -> str:
         return result_repr("SinkhornResult", self,
@@ -164,13 +168,16 @@ class Prepared(NamedTuple):
     state: loops.LoopState
     geom: Any  # repaired input geometry (returned in the result)
     in_dtype: Any
+    rho: Any = None  # relaxed marginals (rho_a, rho_b), differentiable; None: balanced
 
 
 def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, anneal,
-            decay, accelerate=True) -> Prepared:
+            decay, accelerate=True, relax=None) -> Prepared:
     """Shared preamble of the entropic solvers (inside ``jit``): dtype, uniform/repaired weights,
-    repaired geometry, resolved epsilon, annealing schedule and warm start."""
-    geom, a, b, status, in_dtype = _checks.solve_dtype_and_weights(geom, a, b)
+    repaired geometry, resolved epsilon and relaxation (``relax``: a spec from
+    :func:`otreg._unbalanced.parse`), annealing schedule and warm start."""
+    geom, a, b, status, in_dtype = _checks.solve_dtype_and_weights(
+        geom, a, b, check_mass=relax is None)
     dtype = a.dtype
     geom, finite, max_cost, mean_cost = repair_geometry(geom, max_abs)
     status = jnp.where(finite, status, Status.NONFINITE_INPUT)
@@ -189,6 +196,10 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
         status = jnp.where(bad_eps, Status.BAD_PARAMETER, status).astype(jnp.int32)
     eps_live = jnp.maximum(eps_live, jnp.finfo(dtype).tiny)
     eps = sg(eps_live)
+    rho, bad_rho = ub.resolve(relax, eps_live, dtype)
+    status = jnp.where(bad_rho & (status == Status.SUCCESS), Status.BAD_PARAMETER,
+                       status).astype(jnp.int32)
+    rho_s = None if rho is None else tuple(None if r is None else sg(r) for r in rho)
     n, m = live.shape
     f0, g0 = jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
     n_stages = jnp.array(0, jnp.int32)
@@ -204,9 +215,12 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
     if init is not None:
         fi, gi = (jax.lax.stop_gradient(jnp.asarray(z, dtype)) for z in init)
         if anneal:  # keep the warm start only if it is already close; else anneal from zero
-            rows = a_s * jnp.exp(fi / eps + solve_geom.lse(gi / eps, eps, 1, b_s))
-            cols = b_s * jnp.exp(gi / eps + solve_geom.lse(fi / eps, eps, 0, a_s))
-            err = jnp.sum(jnp.abs(rows - a_s)) + jnp.sum(jnp.abs(cols - b_s))
+            if rho is None:
+                rows = a_s * jnp.exp(fi / eps + solve_geom.lse(gi / eps, eps, 1, b_s))
+                cols = b_s * jnp.exp(gi / eps + solve_geom.lse(fi / eps, eps, 0, a_s))
+                err = jnp.sum(jnp.abs(rows - a_s)) + jnp.sum(jnp.abs(cols - b_s))
+            else:
+                err = ub.residual(solve_geom, a_s, b_s, eps, fi, gi, rho_s)
             keep = err <= INIT_KEEP_TOL
             fi, gi = jnp.where(keep, fi, f0), jnp.where(keep, gi, g0)
             n_stages = jnp.where(keep, 0, n_stages)
@@ -214,9 +228,10 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
             n_stages = jnp.array(0, jnp.int32)
         f0, g0 = fi, gi
     eps0 = eps / decay ** n_stages.astype(dtype)
-    pb = loops.Problem(solve_geom, a_s, b_s, eps, eps0, n_stages, decay, jnp.asarray(tol, dtype))
+    pb = loops.Problem(solve_geom, a_s, b_s, eps, eps0, n_stages, decay, jnp.asarray(tol, dtype),
+                       rho_s)
     state = loops.initial_state(f0, g0, -(-max_iter // check_every), dtype, accelerate)
-    return Prepared(live, a, b, eps, eps_live, status, pb, state, geom, in_dtype)
+    return Prepared(live, a, b, eps, eps_live, status, pb, state, geom, in_dtype, rho)
 
 
 def finish(p: Prepared, f, g, ratio, *, converged, n_iters, error, errors, status, stats,
@@ -224,10 +239,12 @@ def finish(p: Prepared, f, g, ratio, *, converged, n_iters, error, errors, statu
     """Shared epilogue: implicit potentials (if asked), gauge, a SUCCESS re-checked on the
     returned potentials against the caller's ``tol`` (:func:`_verify`), envelope value,
     result."""
-    live, a, b, eps, eps_live = p.live, p.a, p.b, p.eps, p.eps_live
+    live, a, b, eps, eps_live, rho = p.live, p.a, p.b, p.eps, p.eps_live, p.rho
     if implicit_diff:
-        f, g = implicit.implicit_potentials(live, a, b, eps_live, f, g, cg_tol, cg_max_iter)
-    f, g = loops.gauge(f, g, a, b)
+        f, g = implicit.implicit_potentials(live, a, b, eps_live, f, g, rho, cg_tol,
+                                            cg_max_iter)
+    if rho is None:  # a relaxed problem has no gauge freedom
+        f, g = loops.gauge(f, g, a, b)
     sg = jax.lax.stop_gradient
     dtype = eps.dtype
     tol = jnp.asarray(tol, dtype)
@@ -235,13 +252,15 @@ def finish(p: Prepared, f, g, ratio, *, converged, n_iters, error, errors, statu
                             cond=loops.batch_cond if implicit_diff else jax.lax.cond)
     converged = status == Status.SUCCESS
     cost = implicit.envelope_value(live, a, b, eps_live, sg(f), sg(g), sg(ratio), cg_tol,
-                                   cg_max_iter)
+                                   cg_max_iter, rho=rho)
     geom = p.geom
     return cast_result(SinkhornResult(
         cost=cost, f=f, g=g, converged=converged, n_iters=n_iters,
         error=error, errors=errors, status=status, a=a, b=b, epsilon=eps,
         # a CostMatrix leaves as its fill value only: returning C would copy n x m each call
-        geom=geom.fill if isinstance(geom, CostMatrix) else geom, stats=stats), p.in_dtype)
+        geom=geom.fill if isinstance(geom, CostMatrix) else geom, stats=stats,
+        rho=None if rho is None else tuple(None if r is None else sg(r) for r in rho)),
+        p.in_dtype)
 
 
 def cast_result(res: SinkhornResult, dtype) -> SinkhornResult:
@@ -268,13 +287,16 @@ def _verify(pb: loops.Problem, f, g, error, status, cond=jax.lax.cond):
     below = VERIFY_BELOW["float64" if eps.dtype == jnp.float64 else "float32"]
     need = (status == Status.SUCCESS) & (tol < below)
 
-    def check(geom, a, b, eps, f, g, error):
-        rows = a * jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
-        cols = b * jnp.exp(g / eps + geom.lse(f / eps, eps, 0, a))
-        err = jnp.sum(jnp.abs(rows - a)) + jnp.sum(jnp.abs(cols - b))
+    def check(geom, a, b, eps, f, g, rho, error):
+        if rho is None:
+            rows = a * jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
+            cols = b * jnp.exp(g / eps + geom.lse(f / eps, eps, 0, a))
+            err = jnp.sum(jnp.abs(rows - a)) + jnp.sum(jnp.abs(cols - b))
+        else:
+            err = ub.residual(geom, a, b, eps, f, g, rho)
         return jnp.where(jnp.isfinite(err), err, jnp.inf).astype(error.dtype)
 
-    err = cond(need, check, lambda *ops: ops[-1], pb.geom, a, b, eps, f, g, error)
+    err = cond(need, check, lambda *ops: ops[-1], pb.geom, a, b, eps, f, g, pb.rho, error)
     status = jnp.where(need & ~(err <= tol), Status.STALLED, status).astype(jnp.int32)
     return err, status
 
@@ -290,13 +312,15 @@ def reattach(res: SinkhornResult, geom) -> SinkhornResult:
 
 @functools.partial(jax.jit, static_argnames=("max_iter", "check_every", "anneal", "decay",
                                              "progress", "mode", "implicit_diff", "cg_tol",
-                                             "cg_max_iter", "accelerate"))
-def _solve(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, anneal, decay,
-           progress, mode, implicit_diff, cg_tol, cg_max_iter, accelerate):
+                                             "cg_max_iter", "accelerate", "relax_kind"))
+def _solve(geom, a, b, epsilon, tol, init, max_abs, relax_values=None, *, max_iter, check_every,
+           anneal, decay, progress, mode, implicit_diff, cg_tol, cg_max_iter, accelerate,
+           relax_kind=None):
     # the unrolled (differentiated) iterations stay plain: omega is a data-dependent choice
     p = prepare(geom, a, b, epsilon, tol, init, max_abs, max_iter=max_iter,
                 check_every=check_every, anneal=anneal, decay=decay,
-                accelerate=accelerate and implicit_diff)
+                accelerate=accelerate and implicit_diff,
+                relax=None if relax_kind is None else (relax_kind, relax_values))
     kw = dict(max_iter=max_iter, check_every=check_every, progress=progress)
     if implicit_diff:
         use_kernel = mode == "kernel" or (mode == "auto" and not p.live.is_blocked)
@@ -316,16 +340,17 @@ def _dtype_of(geom):
     return jnp.dtype(jnp.float64 if geom.dtype == jnp.float64 else jnp.float32)
 
 
-def validate_problem(fn, geom, a, b, epsilon, tol, init, progress):
+def validate_problem(fn, geom, a, b, epsilon, tol, init, progress, balanced=True):
     """Checks shared by the entropic solvers (outside ``jit``). Returns
-    ``(geom, a, b, max_abs, tol, init, progress)`` with defaults resolved."""
+    ``(geom, a, b, max_abs, tol, init, progress)`` with defaults resolved. ``balanced=False``
+    (relaxed marginals): unequal masses are allowed."""
     geom = as_geometry(geom, fn)
     n, m = geom.shape
     dtype = _dtype_of(geom)
     if a is not None or b is not None:  # None: uniform, built inside the solve (no checks)
         a = _checks.check_weights(a, n, "a", dtype, fn)
         b = _checks.check_weights(b, m, "b", dtype, fn)
-        _checks.check_weight_values(a, b, fn)
+        _checks.check_weight_values(a, b, fn, check_mass=balanced)
     max_abs = validate_geometry_values(geom, fn)
     _checks.check_epsilon(epsilon, fn)
     tol = (1e-6 if dtype == jnp.float64 else 1e-3) if tol is None else tol
@@ -374,12 +399,24 @@ def sinkhorn(
     cg_tol: float | None = None,
     cg_max_iter: int = 1000,
     accelerate: bool = True,
+    rho: float | jax.Array | tuple | None = None,
+    tau: float | jax.Array | tuple | None = None,
 ) -> SinkhornResult:
-    r"""Entropic OT between ``a`` and ``b`` on a geometry, by Sinkhorn iterations.
+    r"""Entropic OT between ``a`` and ``b`` on a geometry, by Sinkhorn iterations; balanced, or
+    unbalanced / semi-relaxed with ``rho`` (or ``tau``).
 
     .. math::
         \min_{P \ge 0,\, P1 = a,\, P^\top 1 = b} \langle P, C\rangle
             + \varepsilon\, \mathrm{KL}(P \,|\, a \otimes b)
+
+    and, with ``rho = (rho_a, rho_b)``, the marginal constraints become penalties:
+
+    .. math::
+        \min_{P \ge 0} \langle P, C\rangle + \varepsilon\,\mathrm{KL}(P \,|\, a \otimes b)
+            + \rho_a \mathrm{KL}(P1 \,|\, a) + \rho_b \mathrm{KL}(P^\top 1 \,|\, b)
+
+    (generalised KL, :math:`\mathrm{KL}(p|q) = \langle p, \log(p/q)\rangle - m(p) + m(q)`;
+    Chizat et al. 2018, "Scaling algorithms for unbalanced optimal transport problems").
 
     Args:
       geom: a :class:`~otreg.CostMatrix`, a :class:`~otreg.PointCloud` (blocked or not), or a raw
@@ -419,6 +456,31 @@ def sinkhorn(
         (Lehmann et al. 2021; see ``otreg._sinkhorn_loops.relax``). The fixed point, and so the
         result, is the same; only the sweep count changes. ``implicit_diff=False`` always runs
         plain sweeps.
+      rho: marginal penalty, a scalar for both sides or a pair ``(rho_a, rho_b)``; ``None`` or
+        ``inf`` on a side keeps that marginal hard (one hard side: semi-relaxed OT). In cost
+        units, independent of epsilon: a mass deviation costs about ``rho`` times its KL.
+        **POT**: ``ot.unbalanced.sinkhorn_unbalanced(a, b, C, reg=epsilon, reg_m=(rho_a,
+        rho_b), reg_type="kl")`` solves the same problem. **GeomLoss**: its ``reach`` is
+        ``rho = reach ** p`` in its own cost units; its ``p = 2`` cost is ``|x - y|^2 / 2``, so
+        with the squared Euclidean cost here ``rho = 2 * reach ** 2`` (and ``epsilon = 2 *
+        blur ** 2``). The masses of ``a`` and ``b`` may differ. ``rho -> inf`` is the
+        balanced problem, ``rho -> 0`` the trivial plan :math:`a_i b_j e^{-C_{ij}/\varepsilon}`
+        (the marginals cost nothing).
+      tau: the same relaxation as OTT-JAX's ``tau_a, tau_b``: :math:`\tau = \rho / (\rho +
+        \varepsilon)` in (0, 1], 1 a hard side; converted to ``rho = epsilon tau / (1 - tau)``
+        at the target epsilon (pass ``rho`` or ``tau``, not both). OTT-JAX's entropy is
+        relative to the counting measure, not to ``a (x) b``: its unbalanced problem on ``C``
+        is this one on ``C + epsilon (log a (+) log b)`` (same plan). Under relaxation the
+        updates are the damped ones :math:`f \leftarrow \tau_a\, T_b(g)` (in both the kernel
+        and the log-domain path, with annealing and warm starts), ``error`` and ``tol`` refer
+        to the L1 residual of the optimality conditions,
+        :math:`\|P1 - a e^{-f/\rho_a}\|_1 + \|P^\top 1 - b e^{-g/\rho_b}\|_1` (zero exactly
+        at the fixed point; the balanced L1 marginal error on a hard side), ``cost`` is the
+        unbalanced dual objective :math:`\sum_i a_i \rho_a (1 - e^{-f_i/\rho_a}) + \sum_j
+        b_j \rho_b (1 - e^{-g_j/\rho_b}) - \varepsilon \langle a\otimes b,
+        e^{(f \oplus g - C)/\varepsilon} - 1\rangle` (equal to the primal objective above at
+        the optimum; envelope gradients), implicit differentiation uses the relaxed dual
+        Hessian, and the potentials have no gauge shift (they are unique).
 
     Returns:
       :class:`SinkhornResult`. Cost per sweep: two (n x m) matrix-vector products on materialised
@@ -436,8 +498,9 @@ def sinkhorn(
     chosen by ``implicit_diff``. Atoms of zero weight get zero potential gradients.
     """
     fn = "sinkhorn"
+    relax = ub.parse(rho, tau, fn)
     geom, a, b, max_abs, tol, init, progress = validate_problem(
-        fn, geom, a, b, epsilon, tol, init, progress)
+        fn, geom, a, b, epsilon, tol, init, progress, balanced=relax is None)
     max_iter = _checks.check_positive_int(max_iter, "max_iter", fn)
     check_every = _checks.check_positive_int(check_every, "check_every", fn)
     _checks.check_option(mode, "mode", ("auto", "kernel", "log"), fn)
@@ -453,8 +516,10 @@ def sinkhorn(
                          f"use mode='auto' or 'log' with it.")
     cg_tol, cg_max_iter = validate_cg(fn, geom, cg_tol, cg_max_iter)
     _checks.check_positive_float(anneal_decay, "anneal_decay", fn, upper=1.0)
-    res = _solve(geom, a, b, epsilon, tol, init, max_abs, cg_tol=cg_tol, max_iter=max_iter,
+    res = _solve(geom, a, b, epsilon, tol, init, max_abs,
+                 None if relax is None else relax[1], cg_tol=cg_tol, max_iter=max_iter,
                  check_every=check_every, anneal=anneal, decay=float(anneal_decay),
                  progress=progress, mode=mode, implicit_diff=implicit_diff,
-                 cg_max_iter=cg_max_iter, accelerate=accelerate)
+                 cg_max_iter=cg_max_iter, accelerate=accelerate,
+                 relax_kind=None if relax is None else relax[0])
     return reattach(res, geom)
