@@ -17,8 +17,20 @@ OTT-JAX runs in each of its modes as its own row: ``ott_geom`` (log domain, its 
 and ``ott_anderson`` (Anderson acceleration); otreg as ``otreg`` (default: annealing and
 over-relaxation), ``otreg_plain`` (``accelerate=False``) and ``otreg_noanneal``.
 
+Unbalanced rows (``--rho R``, both sides, and ``--mass-b M``: b uniform of mass M): otreg's
+``rho=R``; OTT with ``tau = R / (R + eps)`` on ``C - eps (log a (+) log b)`` (its entropy is
+relative to the counting measure: that is the same problem, same plan); POT's
+``sinkhorn_unbalanced(reg_type="kl")`` run for exactly OTT's iteration count (same plain scaled
+sweeps). Stopping rule: the L1 optimality residual ``|P1 - a e^{-f/rho}| + |P^T 1 - b
+e^{-g/rho}|`` <= tol (otreg's ``error``; OTT's unbalanced ``solution_error`` is that norm of the
+dual gradient). The check, from each returned plan alone in float64: with ``f = -rho log(P1 /
+a)`` and ``g = -rho log(P^T 1 / b)`` (what optimality implies), the L1 distance between the
+marginals of ``a b^T e^{(f + g - C)/eps}`` and those of P (zero exactly at the optimum); and the
+primal objective's relative difference to OTT's.
+
 Usage: python benchmarks/sinkhorn.py f32|f64 [--n 500 2000] [--d 2 64] [--eps 0.05 0.005]
        [--libs otreg otreg_plain ott_geom ott_kernel ott_momentum ott_anderson pot ...]
+       [--rho 1.0 --mass-b 1.5]
 """
 
 from __future__ import annotations
@@ -59,10 +71,23 @@ def timeit(fn, reps, budget_s=20.0):
     return statistics.median(wall), statistics.median(cpu), out
 
 
-def metrics(P, C, a, b):
+def metrics(P, C, a, b, eps=None, rho=None):
+    """(error, value, any NaN): balanced, the L1 marginal error and <P, C>; unbalanced (rho),
+    the plan-only optimality residual (module doc) and the primal objective."""
     P = np.asarray(P, np.float64)
-    err = np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum()
-    return float(err), float((P * C).sum()), bool(np.isnan(P).any())
+    if rho is None:
+        err = np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum()
+        return float(err), float((P * C).sum()), bool(np.isnan(P).any())
+    r, c = P.sum(1), P.sum(0)
+    f, g = -rho * np.log(r / a), -rho * np.log(c / b)
+    Q = np.outer(a, b) * np.exp((f[:, None] + g[None, :] - C) / eps)
+    err = np.abs(Q.sum(1) - r).sum() + np.abs(Q.sum(0) - c).sum()
+
+    def kl(p, q):
+        return float(np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1) / q), 0)) - p.sum()
+                     + q.sum())
+    val = float((P * C).sum()) + eps * kl(P, np.outer(a, b)) + rho * (kl(r, a) + kl(c, b))
+    return float(err), val, bool(np.isnan(P).any())
 
 
 def main():
@@ -75,6 +100,8 @@ def main():
     ap.add_argument("--libs", nargs="+", default=["otreg", "otreg_noanneal", "ott_geom", "pot"])
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--ott-batch-size", type=int, default=None)
+    ap.add_argument("--rho", type=float, default=None, help="unbalanced rows: rho, both sides")
+    ap.add_argument("--mass-b", type=float, default=1.0, help="total mass of b (uniform)")
     args = ap.parse_args()
 
     import jax
@@ -86,7 +113,9 @@ def main():
     dt = jnp.float64 if args.dtype == "f64" else jnp.float32
     npdt = np.float64 if args.dtype == "f64" else np.float32
     tol = TOL[args.dtype]
-    print(f"# sinkhorn benchmark {args.dtype}, tol {tol}, jax {jax.__version__}", flush=True)
+    print(f"# sinkhorn benchmark {args.dtype}, tol {tol}, jax {jax.__version__}"
+          + ("" if args.rho is None else f", unbalanced rho {args.rho}, mass(b) {args.mass_b}"),
+          flush=True)
     head = ("| lib | n | d | eps | time s | cpu s | iters | ms/iter | err (f64) | <P,C> rel. "
             "diff vs OTT | ratio otreg/lib |")
     print(head + "\n|" + "---|" * 11, flush=True)
@@ -95,6 +124,7 @@ def main():
         for d in args.d:
             x, y, C, cmax = problem(n, d)
             a = np.full(n, 1.0 / n)
+            b = np.full(n, args.mass_b / n)
             Cj, xj, yj = jnp.asarray(C, dt), jnp.asarray(x, dt), jnp.asarray(y, dt)
             # floors: two matrix-vector products; one fused on-the-fly LSE sweep (blocked path)
             mv = jax.jit(lambda K, u, v: (K @ v, u @ K))
@@ -126,15 +156,15 @@ def main():
                 ott_iters = None
                 for lib in args.libs:
                     try:
-                        res = run(lib, jax, jnp, otreg, dt, npdt, xj, yj, Cj, C, a, eps, tol,
-                                  args, ott_iters, cmax)
+                        res = run(lib, jax, jnp, otreg, dt, npdt, xj, yj, Cj, C, a, b, eps,
+                                  tol, args, ott_iters, cmax)
                     except Exception as err:  # a peer failing must not stop the run
                         print(f"| {lib} | {n} | {d} | {eps} | failed: {err!r} |", flush=True)
                         continue
                     if res is None:
                         continue
                     wall, cpu, iters, P = res
-                    err_, val, nan = metrics(P, C, a, a)
+                    err_, val, nan = metrics(P, C, a, b, eps, args.rho)
                     rows[lib] = (wall, cpu, iters, err_, val)
                     if lib == "ott_geom":
                         ott_iters = iters
@@ -154,8 +184,10 @@ def main():
                     print(f"otreg_pc ms/iter / fused LSE floor: {per / floor_lse:.2f}", flush=True)
 
 
-def run(lib, jax, jnp, otreg, dt, npdt, xj, yj, Cj, C, a, eps, tol, args, ott_iters, cmax):
+def run(lib, jax, jnp, otreg, dt, npdt, xj, yj, Cj, C, a, b, eps, tol, args, ott_iters, cmax):
     n = C.shape[0]
+    rho = args.rho
+    aj, bj = jnp.asarray(a, dt), jnp.asarray(b, dt)
     if lib in ("otreg", "otreg_noanneal", "otreg_plain", "otreg_pc"):
         if lib == "otreg_pc":
             geom_args = (xj, yj)
@@ -169,8 +201,8 @@ def run(lib, jax, jnp, otreg, dt, npdt, xj, yj, Cj, C, a, eps, tol, args, ott_it
         accelerate = lib != "otreg_plain"
 
         def solve(*g):  # the public call as users write it (jitted inside, inputs validated)
-            return otreg.sinkhorn(make(*g), epsilon=eps, tol=tol, anneal=anneal,
-                                  accelerate=accelerate, max_iter=20_000)
+            return otreg.sinkhorn(make(*g), aj, bj, epsilon=eps, tol=tol, anneal=anneal,
+                                  accelerate=accelerate, max_iter=20_000, rho=rho)
         out = jax.block_until_ready(solve(*geom_args))
         wall, cpu, out = timeit(lambda: jax.block_until_ready(solve(*geom_args)), args.reps)
         return wall, cpu, int(out.n_iters), np.asarray(out.plan())
@@ -185,8 +217,11 @@ def run(lib, jax, jnp, otreg, dt, npdt, xj, yj, Cj, C, a, eps, tol, args, ott_it
         solver = ott_sinkhorn.Sinkhorn(**{**dict(threshold=tol, max_iterations=20_000,
                                                  norm_error=1, inner_iterations=10,
                                                  lse_mode=True), **extra.get(lib, {})})
+        tau = {} if rho is None else dict(tau_a=rho / (rho + eps), tau_b=rho / (rho + eps))
         if lib != "ott_pc":
-            geom_args = (Cj,)
+            # unbalanced: OTT's problem on C - eps (log a (+) log b) is ours on C (module doc)
+            geom_args = (Cj if rho is None else jnp.asarray(
+                C - eps * (np.log(a)[:, None] + np.log(b)[None, :]), dt),)
 
             def make(C):
                 return geometry.Geometry(cost_matrix=C, epsilon=eps)
@@ -201,7 +236,7 @@ def run(lib, jax, jnp, otreg, dt, npdt, xj, yj, Cj, C, a, eps, tol, args, ott_it
 
         @jax.jit
         def solve(*g):
-            out = solver(linear_problem.LinearProblem(make(*g)))
+            out = solver(linear_problem.LinearProblem(make(*g), aj, bj, **tau))
             return out.matrix, out.n_iters
 
         jax.block_until_ready(solve(*geom_args))
@@ -213,6 +248,8 @@ def run(lib, jax, jnp, otreg, dt, npdt, xj, yj, Cj, C, a, eps, tol, args, ott_it
             print(f"skip {lib}: needs the ott_geom iteration count first", flush=True)
             return None
         method = "sinkhorn" if lib == "pot" else "sinkhorn_log"
+        if rho is not None:
+            method = "sinkhorn" if lib == "pot" else "sinkhorn_stabilized"
         Cn, an = C.astype(npdt), a.astype(npdt)
         reps = args.reps if lib == "pot" else 1
         if lib == "pot_log" and n * n * ott_iters > 2e10:
@@ -220,6 +257,10 @@ def run(lib, jax, jnp, otreg, dt, npdt, xj, yj, Cj, C, a, eps, tol, args, ott_it
             return None
 
         def call():
+            if rho is not None:
+                return ot.unbalanced.sinkhorn_unbalanced(
+                    an, b.astype(npdt), Cn, eps, rho, reg_type="kl", numItermax=ott_iters,
+                    stopThr=0.0, method=method)
             return ot.sinkhorn(an, an, Cn, eps, method=method, numItermax=ott_iters,
                                stopThr=0.0, warn=False)
 

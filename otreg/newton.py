@@ -48,15 +48,8 @@ import jax.numpy as jnp
 from otreg import _checks, _sns_loop
 from otreg import _sinkhorn_loops as loops
 from otreg._ell import EllHessian, ell_hessian, hessian_matvec, solve_ell
-from otreg.sinkhorn import (
-    SinkhornResult,
-    SolverStats,
-    finish,
-    prepare,
-    reattach,
-    validate_cg,
-    validate_problem,
-)
+from otreg._entropic import prepare, validate_cg, validate_problem
+from otreg.sinkhorn import SinkhornResult, SolverStats, finish, reattach
 from otreg.status import Status
 
 __all__ = ["sns", "EllHessian", "ell_hessian", "hessian_matvec", "solve_ell"]

@@ -12,7 +12,7 @@ import pytest
 from conftest import clouds
 
 import otreg
-from otreg.sinkhorn import VERIFY_BELOW
+from otreg._entropic import VERIFY_BELOW
 from otreg.status import Status
 
 # The check runs in float32: its own rounding near the floor, measured up to ~5% of the error

@@ -156,6 +156,8 @@ SINKHORN_KW = {
     "unrolled": {"implicit_diff": False},
     "no-anneal": {"anneal": False},
     "no-accelerate": {"accelerate": False},
+    "relaxed": {"rho": 1.0},
+    "semi-relaxed": {"tau": (1.0, 0.9)},
 }
 
 
@@ -192,6 +194,14 @@ def test_sinkhorn_gradients(rng, implicit_diff, blocked):
     check(jax.grad(lambda C: jnp.sum(otreg.sinkhorn(otreg.CostMatrix(C), epsilon=0.05,
                                                     implicit_diff=implicit_diff).f ** 2)),
           costs.sqeuclidean(x, y))
+    # relaxed marginals: the unbalanced dual, its envelope (also in rho) and relaxed Hessian
+    check(jax.grad(lambda x, a, r: otreg.sinkhorn(otreg.PointCloud(x, y, block_size=bs), a, b,
+                                                  epsilon=0.05, rho=(r, None),
+                                                  implicit_diff=implicit_diff).cost,
+                   argnums=(0, 1, 2)), x, a, jnp.asarray(0.7))
+    check(jax.grad(lambda x: jnp.sum(otreg.sinkhorn(otreg.PointCloud(x, y, block_size=bs),
+                                                    epsilon=0.05, rho=0.5,
+                                                    implicit_diff=implicit_diff).plan() ** 2)), x)
 
 
 @pytest.mark.parametrize("platform", ["cpu", "gpu"])
@@ -219,7 +229,8 @@ def test_sns(rng):
                                       ** 2)), x)
 
 
-@pytest.mark.parametrize("kw", [{}, {"block_size": 4}, {"method": "sns"}, {"cost": "euclidean"}])
+@pytest.mark.parametrize("kw", [{}, {"block_size": 4}, {"method": "sns"}, {"cost": "euclidean"},
+                                {"rho": 0.5}])
 def test_sinkhorn_divergence(rng, kw):
     x, y, a, b = _pts(rng)
     check(lambda x, y, a, b: otreg.sinkhorn_divergence(x, y, a, b, epsilon=0.05, **kw), x, y, a, b)
