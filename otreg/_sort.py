@@ -39,9 +39,8 @@ def to_key(x: jax.Array) -> jax.Array:
     ``transpose(dot(constants))`` (a cloud closed over by a jitted function) into a literal of
     transposed layout, a ``bitcast_convert`` of it reads the bits in the wrong layout, i.e. the
     rows of another problem (``tests/test_sort_constant_folding.py``). A 1-D array has one
-    layout. (An ``optimization_barrier`` before the bitcast also avoided the wrong values, but
-    full test runs then crashed in XLA's CPU compiler in about one long-lived process in
-    three; this form has neither.)"""
+    layout. (An ``optimization_barrier`` before the bitcast also avoids the wrong values; this
+    form leaves XLA free to fold and fuse.)"""
     it = _int_type(x.dtype)
     bits = jnp.iinfo(it).bits
     i = _bitcast_flat(x, it)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import jax
@@ -18,6 +19,34 @@ def rng(request):
     seed = int(os.environ.get("OTREG_TEST_SEED", np.random.SeedSequence().entropy % (2**32)))
     print(f"{request.node.name}: OTREG_TEST_SEED={seed}")
     return np.random.default_rng(seed)
+
+
+MAX_MAPS = 30_000  # half of Linux's default vm.max_map_count (65,530)
+
+
+def _n_maps() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as fh:
+            return sum(1 for _ in fh)
+    except OSError:  # not Linux: no such limit to watch
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _bounded_compiled_programs():
+    """Keep a test process below the kernel's limit on memory maps.
+
+    Every compiled XLA executable keeps ~3 memory maps (its JIT-compiled code) while JAX's
+    caches hold it. A pytest-xdist worker that runs half of this suite compiles enough
+    programs to reach ``vm.max_map_count`` (65,530 by default): the next ``mmap`` in the XLA
+    compiler then fails and the worker dies with a segfault or an abort inside
+    ``backend_compile_and_load``, in whichever test happens to compile next (a core file of
+    such a worker held 65,531 mappings). ``jax.clear_caches()`` releases them; it runs only
+    when a test leaves the process above ``MAX_MAPS``."""
+    yield
+    if _n_maps() > MAX_MAPS:
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture

@@ -88,20 +88,33 @@ def test_ell_matvec_equals_restricted_dense_hessian(rng, x64):
                                atol=1e-10)
 
 
-def test_blocked_point_cloud_matches_dense_and_float32(rng):
+def test_blocked_point_cloud_matches_dense_and_float32(rng, x64):
+    """Blocked == dense: in float64 at tol 1e-9 the plans agree entry by entry; in float32 at
+    tol 1e-4 both converge, their values agree and each returned plan meets tol (checked in
+    float64). (Two float32 solutions within an L1 marginal error of 1e-4 can differ by 2e-5 in
+    a single entry of 1e-4 where a row splits its mass between two columns at this small
+    epsilon: that is within the tolerance asked, not a mismatch.)"""
     n, m = 300, 260
     x, y, a, b = clouds(rng, n, m, 8)
     scale = float(sqdist(x, y).max())
-    x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
-    kw = dict(epsilon=2e-3, tol=1e-4)
-    dense = otreg.sns(otreg.PointCloud(x, y, scale_cost=scale), a, b, **kw)
-    blocked = otreg.sns(otreg.PointCloud(x, y, block_size=64, scale_cost=scale), a, b, **kw)
-    for res in (dense, blocked):
-        assert bool(res.converged), otreg.explain(res.status)
-        assert res.f.dtype == jnp.float32 and float(res.error) <= 1e-4
-        assert int(res.stats.n_newton) > 0
-    np.testing.assert_allclose(float(dense.cost), float(blocked.cost), rtol=1e-4)
-    np.testing.assert_allclose(np.asarray(dense.plan()), np.asarray(blocked.plan()), atol=2e-5)
+    for dtype, tol, atol in ((jnp.float64, 1e-9, 1e-9), (jnp.float32, 1e-4, None)):
+        xs, ys = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+        ws = (jnp.asarray(a, dtype), jnp.asarray(b, dtype))
+        kw = dict(epsilon=2e-3, tol=tol)
+        dense = otreg.sns(otreg.PointCloud(xs, ys, scale_cost=scale), *ws, **kw)
+        blocked = otreg.sns(otreg.PointCloud(xs, ys, block_size=64, scale_cost=scale), *ws, **kw)
+        for res in (dense, blocked):
+            assert bool(res.converged), otreg.explain(res.status)
+            assert res.f.dtype == dtype and float(res.error) <= tol
+            assert int(res.stats.n_newton) > 0
+            P = np.asarray(res.plan(), np.float64)
+            marg = np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum()
+            assert marg <= 1.1 * tol, marg
+        np.testing.assert_allclose(float(dense.cost), float(blocked.cost),
+                                   rtol=1e-10 if atol else 1e-4)
+        if atol:
+            np.testing.assert_allclose(np.asarray(dense.plan()), np.asarray(blocked.plan()),
+                                       atol=atol)
 
 
 def test_blocked_memory_has_no_n_by_m_buffer():

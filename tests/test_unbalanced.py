@@ -213,13 +213,13 @@ def test_outliers_move_the_balanced_cost_not_the_relaxed_one(rng, x64):
     x = rng.standard_normal((n, 2))
     y = rng.standard_normal((n, 2)) + 0.5
     y_out = y.copy()
-    y_out[:10] += 30.0  # 5% of the points, 30 units away
+    y_out[:10, 0] += 30.0  # 5% of the points, 30 units away
     out = {}
     for name, yy in (("clean", y), ("outliers", y_out)):
         for rho in (None, 1.0):
             res = otreg.sinkhorn(otreg.PointCloud(jnp.asarray(x), jnp.asarray(yy)),
-                                 epsilon=0.1, rho=rho, tol=1e-8)
-            assert bool(res.converged)
+                                 epsilon=0.5, rho=rho, tol=1e-7)
+            assert bool(res.converged), otreg.explain(res.status)
             out[name, rho] = float(res.cost)
     bal = out["outliers", None] - out["clean", None]
     rel = out["outliers", 1.0] - out["clean", 1.0]
