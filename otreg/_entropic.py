@@ -83,7 +83,7 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
         status = jnp.where(bad_eps, Status.BAD_PARAMETER, status).astype(jnp.int32)
     eps_live = jnp.maximum(eps_live, jnp.finfo(dtype).tiny)
     eps = sg(eps_live)
-    rho, bad_rho = ub.resolve(relax, eps_live, dtype)
+    rho, bad_rho = ub.resolve(relax, eps_live, dtype, max_cost)
     status = jnp.where(bad_rho & (status == Status.SUCCESS), Status.BAD_PARAMETER,
                        status).astype(jnp.int32)
     rho_s = None if rho is None else tuple(None if r is None else sg(r) for r in rho)

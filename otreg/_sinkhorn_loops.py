@@ -185,8 +185,10 @@ def _log_sweeps(pb: Problem, f, g, R, eps, omega, n, n_max, differentiable=False
     def sweep(pb, eps, omega, carry):  # everything batched comes in as an operand
         ra, rb = ub.side(pb.rho, 0), ub.side(pb.rho, 1)
         f, g, R, _ = carry
-        fs = -eps * R if ra is None else -ub.tau(ra, eps) * eps * R  # relaxed: tau * T(g)
-        f = (1.0 - omega) * f + omega * fs
+        if ra is None:  # the balanced expression, unchanged (bit for bit)
+            f = (1.0 - omega) * f - omega * eps * R
+        else:  # relaxed: tau * T(g)
+            f = (1.0 - omega) * f - omega * (ub.tau(ra, eps) * eps) * R
         gs = -eps * pb.geom.lse(f / eps + safe_log(pb.a), eps, axis=0)  # balanced T(f)
         g = (1.0 - omega) * g + omega * (gs if rb is None else ub.tau(rb, eps) * gs)
         if not ub.is_balanced(pb.rho):  # translation-invariant step (the marginals keep)
@@ -438,7 +440,10 @@ def kernel_loop(pb: Problem, state: LoopState, *, max_iter, check_every, progres
         return log_body(pb, s)._replace(use_log=jnp.array(False))
 
     def body(s: LoopState):  # batched: the log block runs only when some element needs it
-        return batch_cond(s.use_log, log_block, kernel_block, pb, s)
+        use_log = s.use_log
+        if not ub.is_balanced(pb.rho):  # a kernel-path floor above tol: log blocks only
+            use_log = use_log | ub.kernel_floor_too_high(pb.rho, pb.eps, pb.tol)
+        return batch_cond(use_log, log_block, kernel_block, pb, s)
 
     return jax.lax.while_loop(cond_outer, body, state)
 

@@ -111,6 +111,18 @@ def shift(f, g, a, b, rho):
     return (_log_mass(f, a, ra) - _log_mass(g, b, rb)) / inv
 
 
+def kernel_floor_too_high(rho, eps, tol):
+    """Whether the absorbed-kernel path cannot resolve ``tol`` on a relaxed side: it carries
+    the potential as ``f + eps log u``, whose rounding (``eps`` times the dtype's epsilon) the
+    residual's target ``e^{-f/rho}`` multiplies by ``1/rho``. Its floor is about ``eps / rho``
+    times the dtype's epsilon (float32, eps / rho = 1e5: 1e-3, where the log-domain path,
+    whose potentials stay near 0 at small rho, reaches 1e-6); above ``tol / 10`` the solve
+    runs log-domain blocks only."""
+    unit = jnp.finfo(eps.dtype).eps
+    worst = sum(eps / r for r in rho if r is not None)
+    return 10.0 * worst * unit > tol
+
+
 def residual(geom, a, b, eps, f, g, rho):
     """The reported error at ``(f, g)``: two log-sum-exp passes (blockwise when blocked)."""
     rows = jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
@@ -173,18 +185,26 @@ def parse(rho: Any, tau: Any, fn: str):
     return kind, tuple(out)
 
 
-def resolve(spec, eps, dtype):
+def resolve(spec, eps, dtype, max_cost=None):
     """Inside the solve: ``(rho, bad)`` with ``rho`` the pair ``(rho_a, rho_b)`` (None on a
     hard side; ``tau`` converted at the target ``eps``, differentiable in both) or None
     (balanced), and ``bad`` whether a traced value was out of range (NaN, rho <= 0, tau outside
     (0, 1]): it is then replaced by a safe one (rho = 1) and the caller reports
-    BAD_PARAMETER. A traced rho = inf (or tau = 1) becomes the largest float: a hard side."""
+    BAD_PARAMETER.
+
+    ``rho`` is capped at ``max(max_cost, eps) / (dtype epsilon)`` (float64: ~4.5e15 times the
+    cost scale, float32: ~8.4e6): beyond it the relaxed problem is the balanced one to the
+    dtype's precision, and a larger rho would only turn a rounding-level mass difference into
+    potentials of size rho * 1e-16 whose sum f + g cancels (a traced rho = inf or tau = 1 lands
+    there too)."""
     bad = jnp.array(False)
     if spec is None:
         return None, bad
     kind, values = spec
     out = []
-    big = jnp.finfo(dtype).max
+    max_cost = max_cost() if callable(max_cost) else max_cost  # one pass, only when relaxed
+    scale = eps if max_cost is None else jnp.maximum(jax.lax.stop_gradient(max_cost), eps)
+    big = jax.lax.stop_gradient(scale) / jnp.finfo(dtype).eps
     for v in values:
         if v is None:
             out.append(None)

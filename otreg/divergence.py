@@ -126,7 +126,7 @@ def _divergence(x, y, a, b, epsilon, tol, init, relax_value=None, *, cost, block
         eps = jnp.where(bad_eps, eps_default(), eps)
     eps = sg(jnp.maximum(eps, jnp.finfo(x.dtype).tiny))
     relax = None if relax_kind is None else (relax_kind, (relax_value, relax_value))
-    rho, bad_rho = ub.resolve(relax, eps, x.dtype)
+    rho, bad_rho = ub.resolve(relax, eps, x.dtype, geom_xy.max_cost)
     rho = None if rho is None else rho[0]  # the same on both sides
     if init is not None:  # last step's potentials (no gradient flows into a starting point)
         init = tuple(sg(jnp.where(jnp.isfinite(z), z, 0.0).astype(x.dtype)) for z in init)

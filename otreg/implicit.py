@@ -174,7 +174,13 @@ def _implicit_jvp(cg_tol, cg_max_iter, primals, tangents):
     _, dF = jax.jvp(lambda geom, a, b, eps, rho: marginal_residual(geom, a, b, eps, fi, gi, rho),
                     (geom, a, b, eps, rho), (dgeom, da, db, deps, drho))
     system = _system(geom, a, b, eps, fi, gi, cg_tol, cg_max_iter, rho)
-    df, dg = _linear_solve(system, (eps * dF[0], eps * dF[1]))
+    rhs = (eps * dF[0], eps * dF[1])
+    if not ub.is_balanced(rho):
+        # a tangent in one side's rho alone leaves the other side's residual a symbolic zero,
+        # which custom_linear_solve's transpose rejects: make both linear in every tangent
+        link = 0.0 * (jnp.sum(rhs[0]) + jnp.sum(rhs[1]))
+        rhs = (rhs[0] + link, rhs[1] + link)
+    df, dg = _linear_solve(system, rhs)
     return (f, g), (df, dg)
 
 

@@ -293,8 +293,9 @@ def sinkhorn(
         ``rho = reach ** p`` in its own cost units; its ``p = 2`` cost is ``|x - y|^2 / 2``, so
         with the squared Euclidean cost here ``rho = 2 * reach ** 2`` (and ``epsilon = 2 *
         blur ** 2``). The masses of ``a`` and ``b`` may differ. ``rho -> inf`` is the
-        balanced problem, ``rho -> 0`` the trivial plan :math:`a_i b_j e^{-C_{ij}/\varepsilon}`
-        (the marginals cost nothing).
+        balanced problem (a rho above ``max(max C, epsilon) / dtype epsilon``, where the
+        dtype cannot tell them apart, is capped there), ``rho -> 0`` the trivial plan
+        :math:`a_i b_j e^{-C_{ij}/\varepsilon}` (the marginals cost nothing).
       tau: the same relaxation as OTT-JAX's ``tau_a, tau_b``: :math:`\tau = \rho / (\rho +
         \varepsilon)` in (0, 1], 1 a hard side; converted to ``rho = epsilon tau / (1 - tau)``
         at the target epsilon (pass ``rho`` or ``tau``, not both). OTT-JAX's entropy is

@@ -309,3 +309,38 @@ def test_relaxed_solver_choice_and_divergence_errors(rng):
         otreg.sinkhorn_divergence(x, x, rho=(None, 1.0))
     v, aux = otreg.sinkhorn_divergence(x, x + 1, rho=1.0, method="auto")
     assert int(aux.status) == Status.SUCCESS and np.isfinite(float(v))
+
+
+def test_huge_traced_and_tiny_rho(rng):
+    """Found in review: a traced rho = inf / tau = 1, or a concrete rho of 1e30, is the balanced
+    problem (rho is capped where the dtype cannot tell them apart); float32 at eps / rho = 1e5
+    converges (the kernel path's floor there is above tol: log-domain blocks); reverse-mode
+    gradients of the potentials in one side's rho."""
+    x, y = rng.standard_normal((30, 2)), rng.standard_normal((25, 2)) + 1.0
+    C = jnp.asarray(sqdist(x, y), jnp.float32)
+    bal = float(otreg.sinkhorn(C, epsilon=0.1).cost)
+    solve = jax.jit(lambda r: otreg.sinkhorn(C, epsilon=0.1, rho=(None, r)))
+    np.testing.assert_allclose(float(solve(jnp.inf).cost), bal, rtol=1e-4)
+    both = jax.jit(lambda r: otreg.sinkhorn(C, epsilon=0.1, rho=r))(jnp.inf)
+    np.testing.assert_allclose(float(both.cost), bal, rtol=1e-4)
+    costs = jax.vmap(lambda t: otreg.sinkhorn(C, epsilon=0.1, tau=t).cost)(jnp.array([0.9, 1.0]))
+    np.testing.assert_allclose(float(costs[1]), bal, rtol=1e-4)
+    assert float(costs[0]) < bal
+    tiny = otreg.sinkhorn(otreg.PointCloud(jnp.asarray(x, jnp.float32),
+                                           jnp.asarray(y, jnp.float32)), epsilon=1.0, rho=1e-5)
+    assert int(tiny.status) == Status.SUCCESS and int(tiny.n_iters) < 1000
+
+
+def test_huge_rho_float64_and_one_sided_rho_gradient(rng, x64):
+    x, y = rng.standard_normal((30, 2)), rng.standard_normal((25, 2)) + 1.0
+    C64 = jnp.asarray(sqdist(x, y))
+    bal64 = float(otreg.sinkhorn(C64, epsilon=0.5).cost)
+    for r in (1e30, 1e300):
+        np.testing.assert_allclose(float(otreg.sinkhorn(C64, epsilon=0.5, rho=r).cost),
+                                   bal64, rtol=1e-12)
+    b = jnp.asarray(rng.uniform(0.5, 1.5, 25))
+
+    def pot(r):
+        return otreg.sinkhorn(C64, None, b, epsilon=0.3, rho=(r, None), tol=1e-13).f.sum()
+    fd = (pot(0.7 + 1e-6) - pot(0.7 - 1e-6)) / 2e-6
+    np.testing.assert_allclose(jax.grad(pot)(0.7), fd, rtol=1e-6)
