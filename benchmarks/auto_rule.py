@@ -26,6 +26,10 @@ Newton step and Sinkhorn's iteration count (it ran the same sweeps). ``--save`` 
 measured cells as JSON; ``--replay`` prints them again under the current rule, without timing.
 Run pinned and single-threaded (benchmarks/run_auto_rule.sh).
 
+Relaxed marginals (issue 17): ``--rho R`` solves the unbalanced problem (rho = R on both sides,
+``otreg.sinkhorn(..., rho=R)`` / ``otreg.sns(..., rho=R)``; tol is then their relaxed residual)
+and ``--mass-b M`` scales b to total mass M (uniform a and b otherwise); the rule is the same.
+
 Usage: python benchmarks/auto_rule.py --dtype f64 [--problems cloud-d2 cloud-d64 assignment]
        [--n 200 1000] [--ratios 1e1 1e2 1e3 1e4] [--tol 1e-3 1e-4 1e-6 1e-9] [--seeds 0 1 2]
 """
@@ -79,6 +83,10 @@ def main():
     p.add_argument("--save", help="write the measured cells to this JSON file")
     p.add_argument("--replay", help="print the table of a --save file under the current rule "
                    "(no timing)")
+    p.add_argument("--rho", type=float, default=None,
+                   help="relaxed marginals: rho on both sides (default: balanced)")
+    p.add_argument("--mass-b", type=float, default=1.0,
+                   help="total mass of b (needs --rho when not 1)")
     p.add_argument("--tie", type=float, default=0.1,
                    help="both converged within this relative margin: a tie, either pick right")
     p.add_argument("--cap-sinkhorn", type=int, default=2000,
@@ -98,14 +106,18 @@ def main():
     def solve(name, problem, eps, tol, cap, reps=args.reps):
         """(median CPU s, result) of the solver with its defaults on ``problem = (C, a, b)``;
         ``cap``: Sinkhorn's max_iter (None: the default)."""
-        fn, kw = solvers[name], {}
+        fn, kw = solvers[name], {} if args.rho is None else {"rho": args.rho}
         if name == "sinkhorn" and cap is not None:
             kw["max_iter"] = cap
         C, a, b = problem
         return timeit(lambda: jax.block_until_ready(fn(C, a, b, epsilon=eps, tol=tol, **kw)),
                       reps, args.budget)
 
+    if args.mass_b != 1.0 and args.rho is None:
+        p.error("--mass-b needs --rho (balanced OT needs equal masses)")
     what = f"replay of {args.replay}" if args.replay else f"seeds {args.seeds}"
+    if args.rho is not None:
+        what += f", relaxed: rho = {args.rho:g} on both sides, mass of b {args.mass_b:g}"
     print(f"# auto rule grid, {args.dtype}, {what}, {time.strftime('%Y-%m-%d')}; "
           "times: median over seeds of the median process CPU ms per solve; 'it': median "
           "iterations (sweeps + Newton steps; SNS: Newton steps in brackets); 'conv': seeds "
@@ -130,6 +142,11 @@ def main():
             seeds = args.seeds[:1] if grid else args.seeds
             costs = [tuple(None if z is None else jax.numpy.asarray(z, dtype)
                            for z in make_problem(problem, n, s)) for s in seeds]
+            if args.mass_b != 1.0:  # uniform a, b of total mass args.mass_b
+                costs = [(C, jax.numpy.full(C.shape[0], 1.0 / C.shape[0], dtype) if a is None
+                          else a, args.mass_b * (jax.numpy.full(C.shape[1], 1.0 / C.shape[1],
+                                                                dtype) if b is None else b))
+                         for C, a, b in costs]
             n = costs[0][0].shape[0]
             for C in costs:  # compile once per shape and solver, outside the timings
                 for name in solvers:
@@ -194,7 +211,8 @@ def report(cell, args, tally, prefers_sns, dtype):
     tie = same or (both and max(s["t"], nw["t"]) <= (1 + args.tie) * min(s["t"], nw["t"]))
     # the rule sees the cell's first cost matrix (its seed's), epsilon, tol and dtype
     C = jnp.asarray(make_problem(problem, n, cell.get("seed0", 0))[0], dtype)
-    rule = "sns" if prefers_sns(C, 1.0 / ratio, tol=tol) else "sinkhorn"
+    relax = None if args.rho is None else ("rho", (args.rho, args.rho))
+    rule = "sns" if prefers_sns(C, 1.0 / ratio, tol=tol, relax=relax) else "sinkhorn"
     old = "sns" if cell["peak"] * ratio >= 1000 else "sinkhorn"
     tally.cells += 1
     tally.strict += rule == faster

@@ -11,6 +11,10 @@ caller should not reach into one solver to pick between them).
    smallest costs is at least ``AUTO_SNS_GAP`` (2) times epsilon, so the best entry of a typical
    row of the kernel outweighs its runner-up by ``e^2`` or more.
 
+5. with relaxed marginals (``rho``/``tau``): the smallest relaxed ``rho`` is at least
+   ``AUTO_SNS_MIN_RHO`` (10) times ``max|C|`` (a mild relaxation; a strong one speeds Sinkhorn
+   up more than SNS).
+
 3 and 4 are measured on at most ``AUTO_SNS_ROWS`` (256) rows spread evenly over the cost (taken
 only when 1 and 2 hold; a blocked cloud samples at most one block of rows).
 
@@ -40,6 +44,15 @@ tol in {1e-3, 1e-4, 1e-6, 1e-9} (float64) and {1e-3, 1e-4, 1e-5} (float32).
   (the L1 grid's optimal plan is not unique: SNS takes no Newton step there; the row gap does
   not see that).
 
+Relaxed marginals (``RELAXED=1 bash benchmarks/run_auto_rule.sh``, 2026-12-03, same machine;
+float64 only (float32 is Sinkhorn anyway), the grid above without ratio 1e1, b of mass 1.5,
+rho = R max|C| on both sides, 54 cells per R). The balanced rules 1-4 alone pick the faster
+solver in 37/54 (R = 1), 49/54 (R = 10) and 53/54 (R = 100) cells: a strong relaxation makes
+Sinkhorn (over-relaxed, with the translation step) converge in 30-1,200 sweeps, where SNS,
+5-50 Newton steps, is 1.2-6x slower on 2-d and 64-d clouds at ratio 1e3. With rule 5: 43/54,
+49/54, 53/54. Its misses at R = 1 are 11 cells at ratio 1e4 (and one at 1e3, tol 1e-9) where
+SNS is faster (1.1-2.2x, or Sinkhorn did not reach tol within its 2,000-sweep probe).
+
 The thresholds are fitted to this grid; off it, expect misses near the boundaries. The test
 needs concrete values: under ``jit`` (a traced epsilon, tol or points) ``"auto"`` is Sinkhorn:
 pass ``method="sns"`` explicitly there.
@@ -60,12 +73,13 @@ from otreg.newton import sns
 from otreg.sinkhorn import sinkhorn
 
 __all__ = ["choose_solver", "prefers_sns", "METHODS", "AUTO_SNS_RATIO", "AUTO_SNS_MAX_TOL",
-           "AUTO_SNS_GAP", "AUTO_SNS_ROWS", "auto_reason"]
+           "AUTO_SNS_GAP", "AUTO_SNS_ROWS", "AUTO_SNS_MIN_RHO", "auto_reason"]
 
 AUTO_SNS_RATIO = 300.0  # SNS needs max|C| / epsilon at least this ...
 AUTO_SNS_MAX_TOL = 1e-4  # ... a tol at most this (float64) ...
 AUTO_SNS_GAP = 2.0  # ... and a mean row gap (second smallest - smallest cost) of this * epsilon
 AUTO_SNS_ROWS = 256  # rows sampled for the gap
+AUTO_SNS_MIN_RHO = 10.0  # relaxed: SNS needs the smallest rho at least this * max|C|
 METHODS = ("sinkhorn", "sns", "auto")
 
 
@@ -110,7 +124,24 @@ def _row_stats(geom, rows: int) -> tuple[float, float]:
     return peak, float(np.mean(two[:, 1] - two[:, 0]))
 
 
-def auto_reason(geom, epsilon, *, tol=None) -> tuple[bool, str]:
+def _smallest_rho(relax, eps: float):
+    """The smallest relaxed rho of a spec from :func:`otreg._unbalanced.parse` (tau converted
+    at ``eps``); None when balanced; raises TypeError when a value is traced."""
+    if relax is None:
+        return None
+    kind, values = relax
+    out = []
+    for v in values:
+        if v is None:
+            continue
+        if not _checks.is_concrete(v):
+            raise TypeError("traced")
+        v = float(np.asarray(v))
+        out.append(v if kind == "rho" else eps * v / (1.0 - v))
+    return min(out)
+
+
+def auto_reason(geom, epsilon, *, tol=None, relax=None) -> tuple[bool, str]:
     """``(prefers SNS, why)``: :func:`prefers_sns` with the deciding test in words."""
     if epsilon is None or not _checks.is_concrete(epsilon):
         return False, "epsilon is traced or None: auto is Sinkhorn under jit"
@@ -132,33 +163,36 @@ def auto_reason(geom, epsilon, *, tol=None) -> tuple[bool, str]:
     if gap < AUTO_SNS_GAP * eps:
         return False, (f"plan not sparse: mean row gap / eps = {gap / eps:.3g} < "
                        f"{AUTO_SNS_GAP:g}")
+    try:
+        rho = _smallest_rho(relax, eps)
+    except TypeError:
+        return False, "rho or tau is traced: auto is Sinkhorn under jit"
+    if rho is not None and rho < AUTO_SNS_MIN_RHO * peak:
+        return False, (f"relaxed: rho / max|C| = {rho / peak:.3g} < {AUTO_SNS_MIN_RHO:g} "
+                       f"(Sinkhorn converges fast)")
     return True, (f"float64, tol {tol:g} <= {AUTO_SNS_MAX_TOL:g}, max|C|/eps = {peak / eps:.3g} "
                   f">= {AUTO_SNS_RATIO:g}, mean row gap / eps = {gap / eps:.3g} >= "
                   f"{AUTO_SNS_GAP:g}")
 
 
-def prefers_sns(geom, epsilon, *, tol=None) -> bool:
+def prefers_sns(geom, epsilon, *, tol=None, relax=None) -> bool:
     """Whether ``method="auto"`` takes SNS for this problem (the rule and its evidence: this
     module's docstring). ``tol=None`` is the solvers' default for the dtype. Needs a concrete
     epsilon, tol and inputs (then it looks at most ``AUTO_SNS_ROWS`` rows of the cost); False
     when any is traced (then the choice cannot depend on values: pass ``method="sns"``
-    explicitly inside ``jit``)."""
-    return auto_reason(geom, epsilon, tol=tol)[0]
+    explicitly inside ``jit``). ``relax``: the relaxation, as from
+    :func:`otreg._unbalanced.parse` (None: balanced)."""
+    return auto_reason(geom, epsilon, tol=tol, relax=relax)[0]
 
 
 def choose_solver(method: str, geom, epsilon, fn: str = "otreg", *, tol=None,
-                  relaxed: bool = False) -> Callable:
+                  relax=None) -> Callable:
     """The entropic solver for ``method`` in ``"sinkhorn" | "sns" | "auto"`` (see
     :func:`prefers_sns` for what ``"auto"`` decides; pass the ``tol`` the solve will use, None
     for the default). Both solvers accept the same arguments and return a
-    :class:`~otreg.SinkhornResult`. ``relaxed`` (``rho``/``tau`` given): ``"auto"`` is Sinkhorn
-    and ``"sns"`` raises (its Newton steps solve the balanced dual only)."""
+    :class:`~otreg.SinkhornResult`. ``relax`` (the ``rho``/``tau`` spec of
+    :func:`otreg._unbalanced.parse`): both solvers take it; ``"auto"`` adds rule 5."""
     _checks.check_option(method, "method", METHODS, fn)
-    if relaxed:
-        if method == "sns":
-            raise ValueError(f"{fn}: method='sns' solves balanced OT only; relaxed marginals "
-                             f"(`rho`/`tau`) need method='sinkhorn' (or 'auto').")
-        return sinkhorn
     if method == "auto":
-        method = "sns" if prefers_sns(geom, epsilon, tol=tol) else "sinkhorn"
+        method = "sns" if prefers_sns(geom, epsilon, tol=tol, relax=relax) else "sinkhorn"
     return sns if method == "sns" else sinkhorn

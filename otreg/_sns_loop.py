@@ -23,12 +23,20 @@ import jax
 import jax.numpy as jnp
 
 from otreg import _sinkhorn_loops as loops
+from otreg import _unbalanced as ub
 from otreg._ell import EllHessian, ell_hessian, solve_ell
 from otreg._math import safe_log
 
 SHIFT_MAX = 1e-3  # largest relative diagonal shift of the sparsified Hessian
 ARMIJO = 1e-4  # sufficient decrease of the gradient-norm merit
-STALL_STEPS = 3  # steps without a new best error before giving up (floating-point floor)
+STALL_STEPS = 3  # steps near the floor without a new best error or merit before giving up
+# Both count: a Newton step in its damped phase (far from the optimum, large rho / epsilon)
+# lowers the merit it line-searches on while the L1 error may rise for a few steps.
+FLOOR_ZONE = 1e3  # "near the floor": error <= this * dtype eps * (1 + max|f, g| / eps) * mass.
+# The rounding of f / eps alone moves the marginals by about dtype eps * max|f| / eps (relative);
+# far above that a step that does not improve is the damped phase of Newton's method, or a
+# Sinkhorn block's non-monotone start (relaxed marginals, a fresh stage), not a floor: measured
+# at eps = 1e-4, rho = 1 (d = 64), where the rule without the zone stopped at error 0.1.
 NEWTON_MIN_GAIN = 1.25  # a Newton step dividing the error by less than this is weak ...
 WEAK_STEPS = 2  # ... and this many in a row are followed by a Sinkhorn block
 
@@ -41,14 +49,23 @@ def marginals(geom, a, b, eps, f, g):
     return rows, cols
 
 
+def goals(a, b, f, g, rho):
+    r"""What the marginals must equal at the optimum: ``(a, b)`` on hard sides,
+    :math:`a\,e^{-f/\rho_a}` and :math:`b\,e^{-g/\rho_b}` on relaxed ones (``_unbalanced``)."""
+    ra, rb = ub.side(rho, 0), ub.side(rho, 1)
+    return (a if ra is None else a * ub.target(f, ra),
+            b if rb is None else b * ub.target(g, rb))
+
+
 class State(NamedTuple):
     f: jax.Array
     g: jax.Array
     rows: jax.Array
     cols: jax.Array
-    err: jax.Array  # L1 marginal error
-    merit: jax.Array  # L2 norm of the dual gradient
+    err: jax.Array  # L1 norm of the dual gradient: the (relaxed) marginal error
+    merit: jax.Array  # its L2 norm
     best: jax.Array
+    best_merit: jax.Array
     stall: jax.Array
     step: jax.Array  # outer steps (Newton steps and Sinkhorn blocks)
     newton: jax.Array  # Newton steps taken
@@ -63,8 +80,9 @@ class State(NamedTuple):
     it0: jax.Array  # sweeps of the warm-up
 
 
-def _errors(a, b, rows, cols):
-    ra, rb = a - rows, b - cols
+def _errors(ta, tb, rows, cols):
+    """L1 and L2 norms of the dual gradient ``(ta - rows, tb - cols)`` (``ta, tb``: goals)."""
+    ra, rb = ta - rows, tb - cols
     err = jnp.sum(jnp.abs(ra)) + jnp.sum(jnp.abs(rb))
     merit = jnp.sqrt(jnp.sum(ra * ra) + jnp.sum(rb * rb))
     return err, merit
@@ -80,7 +98,7 @@ def run(pb_warm: loops.Problem, state0: loops.LoopState, tol, *, warmup_iter, ke
     """Warm-up (``sweep_loop`` on ``pb_warm`` from ``state0``, at most ``warmup_iter`` sweeps)
     then the Newton stage to ``tol``. Returns ``(State, warm-up LoopState)``."""
     pb = pb_warm._replace(tol=jnp.asarray(tol, pb_warm.eps.dtype))
-    geom, a, b, eps, tol = pb.geom, pb.a, pb.b, pb.eps, pb.tol
+    geom, a, b, eps, tol, rho = pb.geom, pb.a, pb.b, pb.eps, pb.tol, pb.rho
     dtype = a.dtype
     row_on, col_on = a > 0, b > 0
     zero = jnp.array(0, jnp.int32)
@@ -94,20 +112,28 @@ def run(pb_warm: loops.Problem, state0: loops.LoopState, tol, *, warmup_iter, ke
         (potentials of an earlier annealing stage when the warm-up ran out) are not a
         breakdown: the first step is then a log-domain Sinkhorn block, which recovers."""
         rows, cols = marginals(geom, a, b, eps, w.f, w.g)
-        err, merit = _errors(a, b, rows, cols)
+        err, merit = _errors(*goals(a, b, w.f, w.g, rho), rows, cols)
         fine = jnp.isfinite(err)
         inf = jnp.asarray(jnp.inf, dtype)
         err, merit = jnp.where(fine, err, inf), jnp.where(fine, merit, inf)
-        return State(w.f, w.g, rows, cols, err, merit, err, zero, zero, zero, zero, zero, zero,
-                     zero, jnp.where(fine, zero, WEAK_STEPS), -jnp.ones((n_hist,), dtype),
+        return State(w.f, w.g, rows, cols, err, merit, err, merit, zero, zero, zero, zero, zero,
+                     zero, zero, jnp.where(fine, zero, WEAK_STEPS), -jnp.ones((n_hist,), dtype),
                      fine & (err <= tol), jnp.array(False), w.it.astype(jnp.int32))
 
     def direction(s: State, h: EllHessian):
         shift = jnp.minimum(s.err, SHIFT_MAX)
+        ta, tb = goals(a, b, s.f, s.g, rho)
+        # a relaxed side's mass term adds (eps / rho) a e^{-f/rho} to its diagonal (the
+        # Hessian of -eps * sum_i a_i phi(f_i)); the system then has no gauge direction
+        dr, dc = h.rows, h.cols
+        if ub.side(rho, 0) is not None:
+            dr = dr + (eps / ub.side(rho, 0)) * ta
+        if ub.side(rho, 1) is not None:
+            dc = dc + (eps / ub.side(rho, 1)) * tb
         # zero-weight atoms: unit diagonal and zero right-hand side, so their step is 0
-        h = h._replace(rows=jnp.where(row_on, h.rows, 1.0), cols=jnp.where(col_on, h.cols, 1.0))
-        rhs = (jnp.where(row_on, eps * (a - s.rows), 0.0),
-               jnp.where(col_on, eps * (b - s.cols), 0.0))
+        h = h._replace(rows=jnp.where(row_on, dr, 1.0), cols=jnp.where(col_on, dc, 1.0))
+        rhs = (jnp.where(row_on, eps * (ta - s.rows), 0.0),
+               jnp.where(col_on, eps * (tb - s.cols), 0.0))
         rtol = jnp.maximum(cg_tol, jnp.minimum(0.1, jnp.sqrt(s.err)))  # inexact Newton forcing
         return solve_ell(h, *rhs, shift=shift, rtol=rtol.astype(dtype), max_iter=cg_max_iter)
 
@@ -115,8 +141,11 @@ def run(pb_warm: loops.Problem, state0: loops.LoopState, tol, *, warmup_iter, ke
         def body(c):
             alpha = jnp.asarray(0.5, dtype) ** c[1]
             f, g = s.f + alpha * du, s.g + alpha * dv
+            if not ub.is_balanced(rho):  # exact ascent along (1, -1): P, and so the
+                lam = ub.shift(f, g, a, b, rho)  # marginals, unchanged (see _unbalanced)
+                f, g = f + lam, g - lam
             rows, cols = marginals(geom, a, b, eps, f, g)
-            err, merit = _errors(a, b, rows, cols)
+            err, merit = _errors(*goals(a, b, f, g, rho), rows, cols)
             ok = jnp.isfinite(merit) & (merit <= (1.0 - ARMIJO * alpha) * s.merit)
             return ok, c[1] + 1, _where(ok, (f, g, rows, cols, err, merit), c[2])
 
@@ -145,7 +174,7 @@ def run(pb_warm: loops.Problem, state0: loops.LoopState, tol, *, warmup_iter, ke
         n = (st.it - start_it).astype(jnp.int32)
         rows = a * st.ratio
         cols = b * jnp.exp(st.g / eps + geom.lse(st.f / eps + safe_log(a), eps, 0))
-        err, merit = _errors(a, b, rows, cols)
+        err, merit = _errors(*goals(a, b, st.f, st.g, rho), rows, cols)
         old = (s.f, s.g, s.rows, s.cols, s.err, s.merit)  # no sweep ran: nothing changed
         return _where(n > 0, (st.f, st.g, rows, cols, err, merit), old), n
 
@@ -153,12 +182,16 @@ def run(pb_warm: loops.Problem, state0: loops.LoopState, tol, *, warmup_iter, ke
         ok = ok | ~took_newton  # failed line searches only
         f, g, rows, cols, err, merit = out
         good = jnp.isfinite(err) & jnp.all(jnp.isfinite(f)) & jnp.all(jnp.isfinite(g))
-        better = err < s.best
-        stall = jnp.where(better, 0, s.stall + 1)
+        better = (err < s.best) | (merit < s.best_merit)
+        unit = jnp.finfo(dtype).eps
+        size = jnp.maximum(jnp.max(jnp.abs(f)), jnp.max(jnp.abs(g))) / eps
+        floor = FLOOR_ZONE * unit * (1.0 + size) * (jnp.sum(a) + jnp.sum(b))
+        stall = jnp.where(better | (err > floor), 0, s.stall + 1)
         weak = jnp.where(took_newton & ~(err * NEWTON_MIN_GAIN <= s.err), s.weak + 1, 0)
         newton_steps = s.newton + jnp.where(took_newton, 1, 0)
         loops.report(progress, s.it0 + s.sweeps + n + newton_steps, err, eps, good)
-        new = State(f, g, rows, cols, err, merit, jnp.minimum(err, s.best), stall, s.step + 1,
+        new = State(f, g, rows, cols, err, merit, jnp.minimum(err, s.best),
+                    jnp.minimum(merit, s.best_merit), stall, s.step + 1,
                     newton_steps, s.sweeps + n, s.n_cg + k, s.n_fallback + jnp.where(ok, 0, 1),
                     s.n_capped + jnp.where(k >= cg_max_iter, 1, 0), weak,
                     s.errors.at[s.step].set(err, mode="drop"), err <= tol, jnp.array(False),

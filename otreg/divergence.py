@@ -247,7 +247,7 @@ def sinkhorn_divergence(
     if block_size is not None:
         block_size = _checks.check_positive_int(block_size, "block_size", fn)
     solver = choose_solver(method, PointCloud(x, y, cost=cost, block_size=block_size), epsilon,
-                           fn, tol=tol, relaxed=relax is not None)
+                           fn, tol=tol, relax=relax)
     init = _check_init(init, x.shape[0], y.shape[0], dtype, fn)
     return _divergence(x, y, a, b, epsilon, tol, init,
                        None if relax is None else relax[1][0], cost=cost,

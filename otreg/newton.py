@@ -11,6 +11,13 @@ concave dual
     \qquad -\varepsilon\nabla^2\Phi = H = \begin{bmatrix}\mathrm{diag}(P\mathbf 1) & P\\
     P^\top & \mathrm{diag}(P^\top\mathbf 1)\end{bmatrix}.
 
+With relaxed marginals (``rho``; :mod:`otreg._unbalanced`) the mass terms
+:math:`\sum_i a_i \rho_a (1 - e^{-f_i/\rho_a})` replace :math:`\langle f, a\rangle` (and the same
+for ``g``): the gradient becomes :math:`(a e^{-f/\rho_a} - P\mathbf 1,\; b e^{-g/\rho_b} -
+P^\top\mathbf 1)` and H gains the diagonals :math:`(\varepsilon/\rho_a)\, a e^{-f/\rho_a}` and
+:math:`(\varepsilon/\rho_b)\, b e^{-g/\rho_b}`, which remove the balanced problem's null
+direction :math:`(\mathbf 1, -\mathbf 1)`; everything else is unchanged.
+
 Near the optimum P concentrates on few entries per row (exactly one at the unregularised
 optimum of an assignment problem), so the off-diagonal block is replaced by its ``keep`` largest
 entries per row, stored in ELL form (a static (n, keep) array of column indices and one of values:
@@ -47,6 +54,7 @@ import jax.numpy as jnp
 
 from otreg import _checks, _sns_loop
 from otreg import _sinkhorn_loops as loops
+from otreg import _unbalanced as ub
 from otreg._ell import EllHessian, ell_hessian, hessian_matvec, solve_ell
 from otreg._entropic import prepare, validate_cg, validate_problem
 from otreg.sinkhorn import SinkhornResult, SolverStats, finish, reattach
@@ -57,15 +65,16 @@ __all__ = ["sns", "EllHessian", "ell_hessian", "hessian_matvec", "solve_ell"]
 
 @functools.partial(jax.jit, static_argnames=(
     "keep", "keep_mass", "warmup_iter", "max_iter", "check_every", "anneal", "decay", "progress",
-    "implicit_diff", "cg_tol", "cg_max_iter", "ls_steps", "block_sweeps"))
-def _solve(geom, a, b, epsilon, tol, warmup_tol, init, max_abs, *, keep, keep_mass, warmup_iter,
-           max_iter, check_every, anneal, decay, progress, implicit_diff, cg_tol, cg_max_iter,
-           ls_steps, block_sweeps):
+    "implicit_diff", "cg_tol", "cg_max_iter", "ls_steps", "block_sweeps", "relax_kind"))
+def _solve(geom, a, b, epsilon, tol, warmup_tol, init, max_abs, relax_values=None, *, keep,
+           keep_mass, warmup_iter, max_iter, check_every, anneal, decay, progress, implicit_diff,
+           cg_tol, cg_max_iter, ls_steps, block_sweeps, relax_kind=None):
     # the warm-up stops at max(warmup_tol, tol), in-graph: tol may be traced (e.g. passed on by
     # sinkhorn_divergence under jit)
     warmup_tol = jnp.maximum(jnp.asarray(warmup_tol), jnp.asarray(tol))
     p = prepare(geom, a, b, epsilon, warmup_tol, init, max_abs, max_iter=warmup_iter,
-                check_every=check_every, anneal=anneal, decay=decay)
+                check_every=check_every, anneal=anneal, decay=decay,
+                relax=None if relax_kind is None else (relax_kind, relax_values))
     loop = loops.log_loop if p.live.is_blocked else loops.kernel_loop
     s, warm = _sns_loop.run(p.pb, p.state, tol, warmup_iter=warmup_iter,
                             keep=keep, keep_mass=keep_mass, max_iter=max_iter, cg_tol=cg_tol,
@@ -153,8 +162,10 @@ def sns(
         of the plan's mass; otherwise (a plan still spread over many entries per row, where the
         sparsified Hessian is a poor model) a block of ``block_sweeps`` Sinkhorn sweeps is
         taken instead. So SNS never does much worse than Sinkhorn where the plan is not sparse.
-      tol: target L1 marginal error :math:`\|P1 - a\|_1 + \|P^\top 1 - b\|_1`; default 1e-3 in
-        float32, 1e-6 in float64 (float64 reaches 1e-12).
+      tol: target L1 marginal error :math:`\|P1 - a\|_1 + \|P^\top 1 - b\|_1` (relaxed:
+        the residual :math:`\|P1 - a e^{-f/\rho_a}\|_1 + \|P^\top 1 - b e^{-g/\rho_b}\|_1`
+        of :func:`otreg.sinkhorn`); default 1e-3 in float32, 1e-6 in float64 (float64 reaches
+        1e-12).
       max_iter: most iterations: Sinkhorn sweeps plus Newton steps, a hard bound
         (``n_iters <= max_iter`` always; a Sinkhorn block is cut short at the budget).
       cg_tol: floor of the relative CG tolerance of each Newton step (the tolerance used is
@@ -166,8 +177,11 @@ def sns(
       line_search_steps: most step halvings before a step counts as failed.
       block_sweeps: Sinkhorn sweeps taken in place of a Newton step (failed line search, or
         too little kept mass).
-      rho, tau: not supported (a ValueError): relaxed marginals are solved by
-        :func:`otreg.sinkhorn`; present so that a shared call names the right solver.
+      rho, tau: relaxed (unbalanced / semi-relaxed) marginals, exactly as in
+        :func:`otreg.sinkhorn` (same problem, same error, same result). The Newton system
+        is the relaxed dual's: each relaxed side adds :math:`(\varepsilon/\rho)\, a\,
+        e^{-f/\rho}` to its diagonal and its gradient is :math:`a e^{-f/\rho} - P1`
+        (module doc).
 
     Returns:
       :class:`~otreg.SinkhornResult`, as from :func:`otreg.sinkhorn`. ``n_iters`` counts each
@@ -185,11 +199,9 @@ def sns(
     ``max_iter`` iterations ran out. The result is finite in every case.
     """
     fn = "sns"
-    if rho is not None or tau is not None:
-        raise ValueError(f"{fn}: relaxed marginals (`rho`/`tau`) are solved by "
-                         f"otreg.sinkhorn(..., rho=...); sns solves balanced OT only.")
+    relax = ub.parse(rho, tau, fn)
     geom, a, b, max_abs, tol, init, progress = validate_problem(
-        fn, geom, a, b, epsilon, tol, init, progress)
+        fn, geom, a, b, epsilon, tol, init, progress, balanced=relax is None)
     keep = resolve_keep(keep, geom.shape[1], fn)
     warmup_iter = _checks.check_positive_int(warmup_iter, "warmup_iter", fn)
     _checks.check_positive_float(warmup_tol, "warmup_tol", fn)
@@ -203,7 +215,8 @@ def sns(
             raise TypeError(f"{fn}: `{name}` must be True or False, got {flag!r}.")
     cg_tol, cg_max_iter = validate_cg(fn, geom, cg_tol, cg_max_iter)
     res = _solve(geom, a, b, epsilon, tol, warmup_tol, init, max_abs,
-                 keep=keep, keep_mass=float(keep_mass), warmup_iter=warmup_iter,
+                 None if relax is None else relax[1], relax_kind=None if relax is None
+                 else relax[0], keep=keep, keep_mass=float(keep_mass), warmup_iter=warmup_iter,
                  max_iter=max_iter,
                  check_every=check_every, anneal=anneal, decay=0.1, progress=progress,
                  implicit_diff=implicit_diff, cg_tol=cg_tol, cg_max_iter=cg_max_iter,

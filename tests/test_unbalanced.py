@@ -301,10 +301,6 @@ def test_unbalanced_divergence(rng, x64, rho):
 
 def test_relaxed_solver_choice_and_divergence_errors(rng):
     x = jnp.asarray(rng.standard_normal((6, 2)))
-    with pytest.raises(ValueError, match="sinkhorn"):
-        otreg.sns(x @ x.T, rho=1.0)
-    with pytest.raises(ValueError, match="method='sinkhorn'"):
-        otreg.sinkhorn_divergence(x, x, rho=1.0, method="sns")
     with pytest.raises(ValueError, match="one scalar"):
         otreg.sinkhorn_divergence(x, x, rho=(None, 1.0))
     v, aux = otreg.sinkhorn_divergence(x, x + 1, rho=1.0, method="auto")
