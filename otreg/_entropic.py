@@ -19,8 +19,8 @@ from otreg._geom_checks import repair_geometry, validate_geometry_values
 from otreg.geometry import as_geometry
 from otreg.status import Status
 
-__all__ = ["prepare", "Prepared", "verify", "validate_problem", "validate_cg", "VERIFY_BELOW",
-           "ANNEAL_MIN_RATIO", "ANNEAL_MIN_RATIO_F64", "INIT_KEEP_TOL"]
+__all__ = ["prepare", "Prepared", "verify", "marginal_error", "validate_problem", "validate_cg",
+           "VERIFY_BELOW", "ANNEAL_MIN_RATIO", "ANNEAL_MIN_RATIO_F64", "INIT_KEEP_TOL"]
 
 # anneal only when max(C) / epsilon exceeds this: in float32 above 100, in float64 above 700 (just
 # under 708, where exp(-max(C) / epsilon) underflows and the kernel path would need log-domain
@@ -102,12 +102,7 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
     if init is not None:
         fi, gi = (jax.lax.stop_gradient(jnp.asarray(z, dtype)) for z in init)
         if anneal:  # keep the warm start only if it is already close; else anneal from zero
-            if rho is None:
-                rows = a_s * jnp.exp(fi / eps + solve_geom.lse(gi / eps, eps, 1, b_s))
-                cols = b_s * jnp.exp(gi / eps + solve_geom.lse(fi / eps, eps, 0, a_s))
-                err = jnp.sum(jnp.abs(rows - a_s)) + jnp.sum(jnp.abs(cols - b_s))
-            else:
-                err = ub.residual(solve_geom, a_s, b_s, eps, fi, gi, rho_s)
+            err = marginal_error(solve_geom, a_s, b_s, eps, fi, gi, rho_s)
             keep = err <= INIT_KEEP_TOL
             fi, gi = jnp.where(keep, fi, f0), jnp.where(keep, gi, g0)
             n_stages = jnp.where(keep, 0, n_stages)
@@ -119,6 +114,17 @@ def prepare(geom, a, b, epsilon, tol, init, max_abs, *, max_iter, check_every, a
                        rho_s)
     state = loops.initial_state(f0, g0, -(-max_iter // check_every), dtype, accelerate)
     return Prepared(live, a, b, eps, eps_live, status, pb, state, geom, in_dtype, rho)
+
+
+def marginal_error(geom, a, b, eps, f, g, rho):
+    r"""The error at ``(f, g)`` from two log-sum-exp passes (blockwise when blocked): the L1
+    marginal error :math:`\|P1 - a\|_1 + \|P^\top 1 - b\|_1`, or the relaxed residual
+    (:func:`otreg._unbalanced.residual`) when ``rho`` is not None."""
+    if rho is not None:
+        return ub.residual(geom, a, b, eps, f, g, rho)
+    rows = a * jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
+    cols = b * jnp.exp(g / eps + geom.lse(f / eps, eps, 0, a))
+    return jnp.sum(jnp.abs(rows - a)) + jnp.sum(jnp.abs(cols - b))
 
 
 def verify(pb: loops.Problem, f, g, error, status, cond=jax.lax.cond):
@@ -135,12 +141,7 @@ def verify(pb: loops.Problem, f, g, error, status, cond=jax.lax.cond):
     need = (status == Status.SUCCESS) & (tol < below)
 
     def check(geom, a, b, eps, f, g, rho, error):
-        if rho is None:
-            rows = a * jnp.exp(f / eps + geom.lse(g / eps, eps, 1, b))
-            cols = b * jnp.exp(g / eps + geom.lse(f / eps, eps, 0, a))
-            err = jnp.sum(jnp.abs(rows - a)) + jnp.sum(jnp.abs(cols - b))
-        else:
-            err = ub.residual(geom, a, b, eps, f, g, rho)
+        err = marginal_error(geom, a, b, eps, f, g, rho)
         return jnp.where(jnp.isfinite(err), err, jnp.inf).astype(error.dtype)
 
     err = cond(need, check, lambda *ops: ops[-1], pb.geom, a, b, eps, f, g, pb.rho, error)
